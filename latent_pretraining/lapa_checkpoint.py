@@ -1,0 +1,273 @@
+"""Reader and writer for LAPA/LWM streaming ``params::<path>`` checkpoints.
+
+The file is a stream of msgpack records ``(key_path, value_bytes)``;
+``value_bytes`` is ``flax.serialization.to_bytes(array)``: a msgpack ExtType(1)
+whose payload is ``[shape, dtype_name, raw C-order bytes]``. Layers are stored
+stacked (``transformer/h/scan_decoder/...``) or per layer (``transformer/h/<i>/...``).
+Reading streams tensor by tensor onto the target sharding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import msgpack
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from latent_pretraining.model import VLAModel
+from latent_pretraining.sharding import make_mesh, state_shardings
+
+log = logging.getLogger(__name__)
+
+_NDARRAY_EXT = 1  # flax.serialization's ExtType code for ndarrays
+
+# LAPA name -> our top-level parameter name
+_TOP_LEVEL = {
+    ("transformer", "wte", "embedding"): "text_embed",
+    ("transformer", "vte", "embedding"): "vision_embed",
+    ("transformer", "dte", "embedding"): "latent_embed",
+    ("transformer", "ate", "embedding"): "action_embed",
+    ("lm_head", "kernel"): "text_head",
+    ("vision_head", "kernel"): "vision_head",
+    ("delta_head", "kernel"): "latent_head",
+    ("action_head", "kernel"): "action_head",
+    ("transformer", "ln_f", "kernel"): "final_norm",
+}
+# LAPA per-block name -> our DecoderBlock parameter name
+_BLOCK = {
+    ("attention", "wq", "kernel"): "wq",
+    ("attention", "wk", "kernel"): "wk",
+    ("attention", "wv", "kernel"): "wv",
+    ("attention", "wo", "kernel"): "wo",
+    ("attention_norm", "kernel"): "attn_norm",
+    ("ffn_norm", "kernel"): "mlp_norm",
+    ("feed_forward", "w1", "kernel"): "w_gate",
+    ("feed_forward", "w2", "kernel"): "w_down",
+    ("feed_forward", "w3", "kernel"): "w_up",
+}
+_TOP_LEVEL_INV = {v: k for k, v in _TOP_LEVEL.items()}
+_BLOCK_INV = {v: k for k, v in _BLOCK.items()}
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint record that cannot be read or placed."""
+
+
+def _strip(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if text.startswith("params::"):
+        text = text[len("params::") :]
+    elif "::" in text:
+        raise CheckpointFormatError(f"{text}: only 'params::<path>' checkpoints are supported")
+    return Path(text)
+
+
+def decode_array(value: bytes, where: str) -> np.ndarray:
+    """Decodes ``flax.serialization.to_bytes(ndarray)`` without flax."""
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != _NDARRAY_EXT:
+            raise CheckpointFormatError(f"{where}: unsupported msgpack ext type {code}")
+        shape, dtype, buffer = msgpack.unpackb(data, raw=False)
+        return np.frombuffer(buffer, dtype=jnp.dtype(dtype)).reshape(shape)
+
+    array = msgpack.unpackb(value, ext_hook=ext_hook, raw=False)
+    if not isinstance(array, np.ndarray):
+        raise CheckpointFormatError(f"{where}: expected an array, got {type(array).__name__}")
+    return array
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """Encodes like ``flax.serialization.to_bytes(ndarray)``."""
+    array = np.ascontiguousarray(array)
+    payload = msgpack.packb((array.shape, array.dtype.name, array.tobytes("C")), use_bin_type=True)
+    return msgpack.packb(msgpack.ExtType(_NDARRAY_EXT, payload), use_bin_type=True)
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Streams ``(key_path, array)`` records from a LAPA checkpoint file."""
+    file_path = _strip(path)
+    with open(file_path, "rb") as f:
+        unpacker = msgpack.Unpacker(f, read_size=1 << 24, max_buffer_size=0, raw=False)
+        for index, record in enumerate(unpacker):
+            if not (isinstance(record, (list, tuple)) and len(record) == 2):
+                raise CheckpointFormatError(f"{file_path}: record {index} is not a (key, value) pair")
+            key = tuple(str(k) for k in record[0])
+            yield key, decode_array(record[1], f"{file_path}: {'/'.join(key)}")
+
+
+def _map_key(key: tuple[str, ...], where: str) -> tuple[str, int | None]:
+    """LAPA key -> (our parameter name, layer index or None for stacked/top level)."""
+    if key in _TOP_LEVEL:
+        return _TOP_LEVEL[key], None
+    if key[:2] == ("transformer", "h") and len(key) > 3:
+        layer, rest = key[2], key[3:]
+        if rest in _BLOCK and (layer == "scan_decoder" or layer.isdigit()):
+            return _BLOCK[rest], (None if layer == "scan_decoder" else int(layer))
+    raise CheckpointFormatError(f"{where}: unknown parameter {'/'.join(key)}")
+
+
+def _target_path(model_name: str, layer: int | None, scanned: bool) -> tuple[Any, ...]:
+    if model_name in _BLOCK_INV:
+        return ("layers", model_name) if scanned else ("layers", layer, model_name)
+    return (model_name,)
+
+
+def _place(array: np.ndarray, target: Any, sharding: Any) -> jax.Array:
+    array = array.astype(target.dtype)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def load_lapa_params(
+    path: str | os.PathLike,
+    cfg: ml_collections.ConfigDict,
+    mesh: Mesh | None = None,
+    seed: int = 0,
+) -> VLAModel:
+    """Builds a ``VLAModel`` from a LAPA/LWM ``params::`` file.
+
+    Tensors stream one at a time onto their target sharding. Parameters the
+    file lacks are initialised with the model's own initialiser (and logged);
+    unknown names and shape mismatches raise ``CheckpointFormatError``.
+    """
+    file_path = _strip(path)
+    mesh = make_mesh("1,-1,1,1") if mesh is None else mesh
+    scanned = bool(cfg.scan_layers)
+    num_layers = int(cfg.num_layers)
+    abstract = nnx.eval_shape(lambda: VLAModel(cfg, rngs=nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh)
+    targets = {p: v.value for p, v in nnx.to_flat_state(abstract_state)}
+    target_shardings = {p: v.value for p, v in nnx.to_flat_state(shardings)}
+
+    loaded: dict[tuple[Any, ...], jax.Array] = {}
+    partial: dict[tuple[Any, ...], tuple[np.ndarray, set[int]]] = {}  # unscanned file -> scanned model
+    for key, array in iter_records(file_path):
+        where = f"{file_path}: {'/'.join(key)}"
+        name, layer = _map_key(key, str(file_path))
+        if layer is not None and not 0 <= layer < num_layers:
+            raise CheckpointFormatError(f"{where}: layer {layer} but the model has {num_layers} layers")
+        if layer is None and name in _BLOCK_INV and not scanned:
+            pieces = [(layer_i, array[layer_i]) for layer_i in range(array.shape[0])]
+            if array.shape[0] != num_layers:
+                raise CheckpointFormatError(
+                    f"{where}: {array.shape[0]} stacked layers but the model has {num_layers}"
+                )
+        else:
+            pieces = [(layer, array)]
+        for layer_i, piece in pieces:
+            path = _target_path(name, layer_i, scanned)
+            target = targets[path]
+            one_layer_of_stack = scanned and layer_i is not None
+            expected = target.shape[1:] if one_layer_of_stack else target.shape
+            if tuple(piece.shape) != tuple(expected):
+                raise CheckpointFormatError(
+                    f"{where}: shape {tuple(piece.shape)} but the model expects {tuple(expected)}"
+                )
+            if path in loaded:
+                raise CheckpointFormatError(f"{where}: parameter appears twice")
+            if one_layer_of_stack:
+                buffer, seen = partial.setdefault(path, (np.empty(target.shape, target.dtype), set()))
+                buffer[layer_i] = piece
+                seen.add(layer_i)
+                if len(seen) == num_layers:
+                    loaded[path] = _place(buffer, target, target_shardings[path])
+                    del partial[path]
+            else:
+                loaded[path] = _place(piece, target, target_shardings[path])
+        del array
+
+    if partial:
+        incomplete = {
+            "/".join(map(str, p)): sorted(set(range(num_layers)) - seen) for p, (_, seen) in partial.items()
+        }
+        raise CheckpointFormatError(f"{file_path}: layers missing for {incomplete}")
+    missing = [p for p in targets if p not in loaded]
+    if missing:
+        log.warning(
+            "%s: not in the checkpoint, initialised with the model's initialiser: %s",
+            file_path,
+            ", ".join("/".join(map(str, p)) for p in missing),
+        )
+        loaded.update(_init_subset(cfg, seed, missing, {p: target_shardings[p] for p in missing}, mesh))
+    state = nnx.from_flat_state(
+        [
+            (p, abstract_state_var.replace(loaded[p]))
+            for p, abstract_state_var in nnx.to_flat_state(abstract_state)
+        ]
+    )
+    return nnx.merge(graphdef, state)
+
+
+def _init_subset(
+    cfg: ml_collections.ConfigDict,
+    seed: int,
+    paths: list[tuple[Any, ...]],
+    shardings: dict[tuple[Any, ...], Any],
+    mesh: Mesh,
+) -> dict[tuple[Any, ...], jax.Array]:
+    """Initialises only ``paths`` of a fresh model (XLA drops the other initialisers)."""
+
+    def init() -> list[jax.Array]:
+        flat = dict(nnx.to_flat_state(nnx.state(VLAModel(cfg, rngs=nnx.Rngs(seed)))))
+        return [flat[p].value for p in paths]
+
+    with jax.set_mesh(mesh):
+        values = jax.jit(init, out_shardings=[shardings[p] for p in paths])()
+    return dict(zip(paths, values, strict=False))
+
+
+def _lapa_items(model: VLAModel) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
+    scanned = bool(model.config.scan_layers)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name = path[-1]
+        if path[0] != "layers":
+            yield _TOP_LEVEL_INV[name], var.value
+        elif scanned:
+            yield ("transformer", "h", "scan_decoder", *_BLOCK_INV[name]), var.value
+        else:
+            yield ("transformer", "h", str(path[1]), *_BLOCK_INV[name]), var.value
+
+
+def save_lapa_params(model: VLAModel, path: str | os.PathLike, float_dtype: str | None = "bf16") -> None:
+    """Writes the model's parameters as a LAPA ``params`` stream (key order sorted,
+    as flax's ``flatten_dict`` gives for LAPA's trees). ``float_dtype``: 'bf16'
+    (tux's default), 'fp32', or None to keep the parameter dtype. Process 0
+    writes; the file appears atomically."""
+    casts = {
+        None: None,
+        "bf16": jnp.bfloat16,
+        "bfloat16": jnp.bfloat16,
+        "fp32": jnp.float32,
+        "float32": jnp.float32,
+    }
+    if float_dtype not in casts:
+        raise ValueError(f"float_dtype {float_dtype!r} is not one of {sorted(map(str, casts))}")
+    cast = casts[float_dtype]
+    file_path = _strip(path)
+    items = sorted(_lapa_items(model), key=lambda item: item[0])
+    is_writer = jax.process_index() == 0
+    tmp = file_path.with_name(file_path.name + ".tmp")
+    if is_writer:
+        file_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") if is_writer else open(os.devnull, "wb") as f:
+        packer = msgpack.Packer(use_bin_type=True)
+        for key, value in items:
+            if not value.is_fully_addressable:
+                value = multihost_utils.process_allgather(value, tiled=True)
+            array = np.asarray(jax.device_get(value))
+            if cast is not None:
+                array = array.astype(cast)
+            f.write(packer.pack((list(key), encode_array(array))))
+    if is_writer:
+        os.replace(tmp, file_path)

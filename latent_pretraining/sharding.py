@@ -1,0 +1,205 @@
+"""Device mesh, logical-axis sharding rules and multi-host start-up.
+
+One ordered rule table maps logical axis names (carried by every parameter as
+``logical_axes`` metadata, and named at every activation constraint) to the
+mesh axes ``('dp', 'fsdp', 'tp', 'sp')``. The first rule for a logical name
+whose mesh axes are still free in the spec, and whose size divides the array
+dimension, wins; otherwise that dimension is replicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+MESH_AXES: tuple[str, ...] = ("dp", "fsdp", "tp", "sp")
+
+MeshAxes = str | tuple[str, ...] | None
+
+# Ordered (logical name, mesh axes) rules. Several rules may name the same
+# logical axis: they are tried in order (MaxText's pattern).
+DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    # activations
+    ("activation_batch", ("dp", "fsdp")),
+    ("activation_length", "sp"),
+    ("activation_embed", None),
+    ("activation_heads", "tp"),
+    ("activation_kv_heads", "tp"),
+    ("activation_mlp", "tp"),
+    ("activation_vocab", "tp"),
+    # parameters
+    ("vocab", "tp"),
+    ("embed", ("fsdp", "sp")),
+    ("embed", "fsdp"),
+    ("q_heads", "tp"),
+    ("kv_heads", "tp"),
+    ("mlp", "tp"),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def parse_mesh_dims(spec: str, num_devices: int) -> tuple[tuple[int, ...], bool]:
+    """Parses ``"dp,fsdp,tp,sp"`` (one entry may be -1), LAPA's ``"!-1,8,1,1"``
+    (the ``!`` allows splitting physical axes) or ``"dp:2,fsdp:4"``.
+
+    Returns the four axis sizes and whether physical axes may be split.
+    """
+    text = spec.strip()
+    allow_split = text.startswith("!")
+    text = text.lstrip("!")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if all(":" in p for p in parts):
+        named = {}
+        for p in parts:
+            name, value = p.split(":", 1)
+            if name not in MESH_AXES:
+                raise ValueError(f"mesh {spec!r}: unknown axis {name!r}; axes are {MESH_AXES}")
+            named[name] = int(value)
+        dims = [named.get(a, 1) for a in MESH_AXES]
+    else:
+        try:
+            dims = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"mesh {spec!r}: expected integers like '1,-1,1,1'") from None
+        if len(dims) > len(MESH_AXES):
+            raise ValueError(f"mesh {spec!r}: at most {len(MESH_AXES)} axes {MESH_AXES}")
+        dims += [1] * (len(MESH_AXES) - len(dims))
+    if dims.count(-1) > 1:
+        raise ValueError(f"mesh {spec!r}: at most one axis may be -1")
+    if any(d == 0 or d < -1 for d in dims):
+        raise ValueError(f"mesh {spec!r}: axis sizes must be positive or -1")
+    known = int(np.prod([d for d in dims if d != -1]))
+    if -1 in dims:
+        if num_devices % known:
+            raise ValueError(f"mesh {spec!r}: {num_devices} devices are not divisible by {known}")
+        dims[dims.index(-1)] = num_devices // known
+    if int(np.prod(dims)) != num_devices:
+        raise ValueError(
+            f"mesh {spec!r}: {dict(zip(MESH_AXES, dims, strict=False))} needs {int(np.prod(dims))} devices, "
+            f"but {num_devices} are available"
+        )
+    return tuple(dims), allow_split
+
+
+def make_mesh(spec: str = "1,-1,1,1", devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a ``('dp','fsdp','tp','sp')`` mesh with Auto axis types."""
+    devices = list(jax.devices() if devices is None else devices)
+    dims, allow_split = parse_mesh_dims(spec, len(devices))
+    device_grid = mesh_utils.create_device_mesh(dims, devices=devices, allow_split_physical_axes=allow_split)
+    return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _mesh_size(mesh: Any, axes: MeshAxes) -> int:
+    if axes is None:
+        return 1
+    names = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in names]))
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Any,
+    rules: Sequence[tuple[str, MeshAxes]] = DEFAULT_RULES,
+) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec for an array of ``shape``."""
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    out: list[MeshAxes] = []
+    for name, dim in zip(logical_axes, shape, strict=False):
+        chosen: MeshAxes = None
+        if name is not None:
+            for rule_name, axes in rules:
+                if rule_name != name or axes is None:
+                    continue
+                names = (axes,) if isinstance(axes, str) else tuple(axes)
+                if any(a in used or a not in mesh.shape for a in names):
+                    continue
+                size = _mesh_size(mesh, names)
+                if size > 1 and dim % size:
+                    continue
+                chosen = names[0] if len(names) == 1 else names
+                break
+        if chosen is not None and _mesh_size(mesh, chosen) == 1:
+            chosen = None  # trivial axes: keep specs short and readable
+        if chosen is not None:
+            used.update((chosen,) if isinstance(chosen, str) else chosen)
+        out.append(chosen)
+    return PartitionSpec(*out)
+
+
+def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical names; a no-op when no mesh is set."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for an nnx State whose Variables carry ``logical_axes``."""
+
+    def one(var: Any) -> Any:
+        value = var.value if isinstance(var, nnx.Variable) else var
+        axes = var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None
+        spec = PartitionSpec() if axes is None else logical_to_spec(axes, value.shape, mesh)
+        sharding = NamedSharding(mesh, spec)
+        return var.replace(sharding) if isinstance(var, nnx.Variable) else sharding
+
+    return jax.tree.map(one, abstract_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def create_sharded(factory: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int = 0) -> nnx.Module:
+    """Creates ``factory(rngs)`` with every parameter born on its target sharding."""
+    abstract = nnx.eval_shape(lambda: factory(nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh)
+
+    def init() -> Any:
+        return nnx.state(factory(nnx.Rngs(seed)))
+
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def cluster_described() -> bool:
+    """True when the environment describes a multi-process job."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return True
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return True
+    return int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+
+
+def maybe_initialize_distributed(**kwargs: Any) -> bool:
+    """Calls ``jax.distributed.initialize`` when a cluster is described (or
+    explicit coordinator arguments are given). Returns whether it did."""
+    if not kwargs and not cluster_described():
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "jax.distributed initialised: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
