@@ -1,0 +1,222 @@
+"""Fixed-length generation from one vocabulary with a preallocated KV cache.
+
+The prompt is prefilled once; then exactly ``num_tokens`` tokens of one
+vocabulary (latent or action) are decoded inside one jitted loop. There is no
+EOS test: LAPA's EOS id 2 is also latent code 2, and stopping on it corrupted
+its latent actions. Prompts are left-padded to a length bucket so that a new
+prompt length reuses a compiled program.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from latent_pretraining.model import VOCABS, KVCache, Modality, VLAModel
+from latent_pretraining.sharding import logical_to_spec
+
+DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+
+
+def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
+    """Smallest bucket >= length (multiples of 1024 beyond the last bucket)."""
+    i = bisect.bisect_left(buckets, length)
+    if i < len(buckets):
+        return buckets[i]
+    return -(-length // 1024) * 1024
+
+
+def left_pad(
+    prompts: Sequence[tuple[np.ndarray, np.ndarray]], length: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-pads ``(input_ids, modality)`` prompts to one length.
+
+    Returns ``input_ids``, ``modality`` and ``attention_mask`` (1 = token, 0 = pad).
+    """
+    longest = max(len(ids) for ids, _ in prompts)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"pad length {length} is shorter than the longest prompt ({longest})")
+    ids = np.zeros((len(prompts), length), np.int32)
+    modality = np.zeros((len(prompts), length), np.int32)
+    mask = np.zeros((len(prompts), length), np.int32)
+    for row, (p_ids, p_mod) in enumerate(prompts):
+        if len(p_ids) != len(p_mod) or len(p_ids) == 0:
+            raise ValueError(f"prompt {row}: {len(p_ids)} ids but {len(p_mod)} modality entries")
+        n = len(p_ids)
+        ids[row, length - n :] = p_ids
+        modality[row, length - n :] = p_mod
+        mask[row, length - n :] = 1
+    return ids, modality, mask
+
+
+def _pick(
+    logits: jax.Array,
+    key: jax.Array,
+    temperature: jax.Array,
+    allowed: jax.Array | None,
+    greedy: bool,
+    top_k: int,
+) -> jax.Array:
+    """Chooses one token per row from float32 logits [B, V]."""
+    if allowed is not None:
+        logits = jnp.where(allowed[None, :], logits, -jnp.inf)
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _generate(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    input_ids: jax.Array,
+    modality: jax.Array,
+    attention_mask: jax.Array,
+    rng: jax.Array,
+    temperature: jax.Array,
+    allowed: jax.Array | None,
+    *,
+    vocab: str,
+    num_tokens: int,
+    greedy: bool,
+    top_k: int,
+) -> jax.Array:
+    model: VLAModel = nnx.merge(graphdef, state)
+    b, length = input_ids.shape
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
+    hidden, ks, vs = model.hidden_states(input_ids, modality, positions, attention_mask)
+    logits = model.logits(hidden[:, -1:], vocab)[:, 0]
+
+    pad = [(0, 0), (0, 0), (0, num_tokens), (0, 0), (0, 0)]
+    cache = KVCache(
+        k=jnp.pad(ks, pad),
+        v=jnp.pad(vs, pad),
+        segment=jnp.pad(attention_mask.astype(jnp.int32), [(0, 0), (0, num_tokens)]),
+    )
+    key, rng = jax.random.split(rng)
+    first = _pick(logits, key, temperature, None if allowed is None else allowed[0], greedy, top_k)
+    tokens = jnp.zeros((b, num_tokens), jnp.int32).at[:, 0].set(first)
+    next_position = positions[:, -1:] + 1
+    token_modality = Modality[vocab.upper()]
+
+    def step(i, carry):
+        tokens, cache, rng = carry
+        token = jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1)
+        hidden, cache = model.decode_step(token, token_modality, next_position + i, cache, length + i)
+        logits = model.logits(hidden, vocab)[:, 0]
+        key, rng = jax.random.split(rng)
+        step_allowed = None if allowed is None else allowed[i + 1]
+        new = _pick(logits, key, temperature, step_allowed, greedy, top_k)
+        return tokens.at[:, i + 1].set(new), cache, rng
+
+    tokens, _, _ = jax.lax.fori_loop(0, num_tokens - 1, step, (tokens, cache, rng))
+    return tokens
+
+
+class Sampler:
+    """Generates exactly N tokens of one vocabulary for a batch of prompts."""
+
+    def __init__(self, model: VLAModel, mesh: Mesh | None = None, buckets: Sequence[int] = DEFAULT_BUCKETS):
+        self.graphdef, self.state = nnx.split(model)
+        self.config = model.config
+        self.mesh = mesh
+        self.buckets = tuple(sorted(buckets))
+        self._jitted = jax.jit(
+            partial(_generate, self.graphdef),
+            static_argnames=("vocab", "num_tokens", "greedy", "top_k"),
+        )
+
+    def vocab_size(self, vocab: str) -> int:
+        return int(self.config[f"{vocab}_vocab_size"])
+
+    def compiled_variants(self) -> int:
+        """Number of programs compiled so far (one per bucket/batch/mode)."""
+        return self._jitted._cache_size()
+
+    def generate(
+        self,
+        input_ids: np.ndarray,
+        modality: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        *,
+        vocab: str,
+        num_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        rng: jax.Array | None = None,
+        allowed_tokens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Returns int32 [B, num_tokens] ids of ``vocab`` for left-padded prompts.
+
+        ``temperature == 0`` is greedy; otherwise tokens are sampled at that
+        temperature from the ``top_k`` best (0 = all). ``allowed_tokens``
+        ([num_tokens, V] bool) constrains each step to valid ids.
+        """
+        if vocab not in VOCABS or vocab == "text":
+            raise ValueError(f"vocab must be one of 'vision', 'latent', 'action', got {vocab!r}")
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        input_ids = np.asarray(input_ids, np.int32)
+        modality = np.asarray(modality, np.int32)
+        if attention_mask is None:
+            attention_mask = np.ones_like(input_ids)
+        attention_mask = np.asarray(attention_mask, np.int32)
+        if (
+            input_ids.ndim != 2
+            or modality.shape != input_ids.shape
+            or attention_mask.shape != input_ids.shape
+        ):
+            raise ValueError(
+                f"input_ids, modality and attention_mask must share one [batch, length] shape; got "
+                f"{input_ids.shape}, {modality.shape}, {attention_mask.shape}"
+            )
+        size = self.vocab_size(vocab)
+        if allowed_tokens is not None:
+            allowed_tokens = np.asarray(allowed_tokens, bool)
+            if allowed_tokens.shape != (num_tokens, size):
+                raise ValueError(f"allowed_tokens must be [{num_tokens}, {size}], got {allowed_tokens.shape}")
+            if not allowed_tokens.any(axis=1).all():
+                raise ValueError("allowed_tokens allows no token at some step")
+        length = input_ids.shape[1]
+        bucket = bucket_length(length, self.buckets)
+        if bucket > length:
+            extra = [(0, 0), (bucket - length, 0)]
+            input_ids, modality, attention_mask = (
+                np.pad(a, extra) for a in (input_ids, modality, attention_mask)
+            )
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        args = [input_ids, modality, attention_mask]
+        if self.mesh is not None:
+            spec = logical_to_spec(("activation_batch", None), input_ids.shape, self.mesh)
+            args = [jax.device_put(a, NamedSharding(self.mesh, spec)) for a in args]
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            tokens = self._jitted(
+                self.state,
+                *args,
+                rng,
+                jnp.float32(max(temperature, 1e-6)),
+                None if allowed_tokens is None else jnp.asarray(allowed_tokens),
+                vocab=vocab,
+                num_tokens=num_tokens,
+                greedy=temperature == 0.0,
+                top_k=int(top_k),
+            )
+        return np.asarray(tokens)
+
+    def generate_batch(self, prompts: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs) -> np.ndarray:
+        """``generate`` for a list of ``(input_ids, modality)`` prompts of any lengths."""
+        return self.generate(*left_pad(prompts), **kwargs)
