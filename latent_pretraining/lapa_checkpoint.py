@@ -147,8 +147,8 @@ def load_lapa_params(
     abstract = nnx.eval_shape(lambda: VLAModel(cfg, rngs=nnx.Rngs(seed)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = state_shardings(abstract_state, mesh)
-    targets = {p: v.value for p, v in nnx.to_flat_state(abstract_state)}
-    target_shardings = {p: v.value for p, v in nnx.to_flat_state(shardings)}
+    targets = {p: v.get_value() for p, v in nnx.to_flat_state(abstract_state)}
+    target_shardings = {p: v.get_value() for p, v in nnx.to_flat_state(shardings)}
 
     loaded: dict[tuple[Any, ...], jax.Array] = {}
     partial: dict[tuple[Any, ...], tuple[np.ndarray, set[int]]] = {}  # unscanned file -> scanned model
@@ -220,7 +220,7 @@ def _init_subset(
 
     def init() -> list[jax.Array]:
         flat = dict(nnx.to_flat_state(nnx.state(VLAModel(cfg, rngs=nnx.Rngs(seed)))))
-        return [flat[p].value for p in paths]
+        return [flat[p].get_value() for p in paths]
 
     with jax.set_mesh(mesh):
         values = jax.jit(init, out_shardings=[shardings[p] for p in paths])()
@@ -232,11 +232,11 @@ def _lapa_items(model: VLAModel) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         name = path[-1]
         if path[0] != "layers":
-            yield _TOP_LEVEL_INV[name], var.value
+            yield _TOP_LEVEL_INV[name], var.get_value()
         elif scanned:
-            yield ("transformer", "h", "scan_decoder", *_BLOCK_INV[name]), var.value
+            yield ("transformer", "h", "scan_decoder", *_BLOCK_INV[name]), var.get_value()
         else:
-            yield ("transformer", "h", str(path[1]), *_BLOCK_INV[name]), var.value
+            yield ("transformer", "h", str(path[1]), *_BLOCK_INV[name]), var.get_value()
 
 
 def save_lapa_params(model: VLAModel, path: str | os.PathLike, float_dtype: str | None = "bf16") -> None:

@@ -121,10 +121,10 @@ class DecoderBlock(nnx.Module):
         keys/values are placed at ``cache_slot`` and attention runs over the cache.
         """
         b, t, _ = x.shape
-        h = rms_norm(x, self.attn_norm.value, self.eps)
-        q = _dense(h, self.wq.value).reshape(b, t, self.num_heads, self.head_dim)
-        k = _dense(h, self.wk.value).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = _dense(h, self.wv.value).reshape(b, t, self.num_kv_heads, self.head_dim)
+        h = rms_norm(x, self.attn_norm[...], self.eps)
+        q = _dense(h, self.wq[...]).reshape(b, t, self.num_heads, self.head_dim)
+        k = _dense(h, self.wk[...]).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = _dense(h, self.wv[...]).reshape(b, t, self.num_kv_heads, self.head_dim)
         q = rope(q, attn.positions, self.theta)
         k = rope(k, attn.positions, self.theta)
         q = checkpoint_name(q, "qkv_proj")
@@ -151,11 +151,11 @@ class DecoderBlock(nnx.Module):
             self.backend,
         )
         out = checkpoint_name(out.reshape(b, t, -1), "attn_out")
-        x = x + with_logical_constraint(_dense(out, self.wo.value), BATCH_LENGTH_EMBED)
-        h = rms_norm(x, self.mlp_norm.value, self.eps)
-        gate = jax.nn.silu(_dense(h, self.w_gate.value)) * _dense(h, self.w_up.value)
+        x = x + with_logical_constraint(_dense(out, self.wo[...]), BATCH_LENGTH_EMBED)
+        h = rms_norm(x, self.mlp_norm[...], self.eps)
+        gate = jax.nn.silu(_dense(h, self.w_gate[...])) * _dense(h, self.w_up[...])
         gate = with_logical_constraint(gate, ("activation_batch", "activation_length", "activation_mlp"))
-        mlp = checkpoint_name(_dense(gate, self.w_down.value), "mlp_out")
+        mlp = checkpoint_name(_dense(gate, self.w_down[...]), "mlp_out")
         x = x + with_logical_constraint(mlp, BATCH_LENGTH_EMBED)
         return x, k, v
 
@@ -208,14 +208,14 @@ class VLAModel(nnx.Module):
         x = jnp.zeros((*input_ids.shape, self.config.hidden_size), self.dtype)
         for m, name in enumerate(VOCABS):
             selected = modality == m
-            table = getattr(self, f"{name}_embed").value
+            table = getattr(self, f"{name}_embed")[...]
             rows = jnp.take(table, jnp.where(selected, input_ids, 0), axis=0).astype(self.dtype)
             x = jnp.where(selected[..., None], rows, x)
         return with_logical_constraint(x, BATCH_LENGTH_EMBED)
 
     def logits(self, hidden: jax.Array, head: str) -> jax.Array:
         """float32 logits of one head for final hidden states [B, T, D]."""
-        kernel = getattr(self, f"{head}_head").value.astype(hidden.dtype)
+        kernel = getattr(self, f"{head}_head")[...].astype(hidden.dtype)
         out = jnp.einsum("btd,dv->btv", hidden, kernel, preferred_element_type=jnp.float32)
         return with_logical_constraint(out, ("activation_batch", "activation_length", "activation_vocab"))
 
@@ -279,7 +279,7 @@ class VLAModel(nnx.Module):
             kv_slot=slots,
         )
         x, ks, vs = self._run_layers(self.embed(input_ids, modality), attn, None, None)
-        return rms_norm(x, self.final_norm.value, self.config.rms_norm_eps), ks, vs
+        return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), ks, vs
 
     def __call__(
         self,
@@ -322,4 +322,4 @@ class VLAModel(nnx.Module):
             v=jax.lax.dynamic_update_slice(cache.v, vs.astype(cache.v.dtype), start),
             segment=segment,
         )
-        return rms_norm(x, self.final_norm.value, self.config.rms_norm_eps), cache
+        return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), cache

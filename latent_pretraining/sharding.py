@@ -130,12 +130,10 @@ def logical_to_spec(
                 size = _mesh_size(mesh, names)
                 if size > 1 and dim % size:
                     continue
-                chosen = names[0] if len(names) == 1 else names
+                used.update(names)
+                kept = tuple(a for a in names if mesh.shape[a] > 1)  # size-1 axes add nothing
+                chosen = None if not kept else kept[0] if len(kept) == 1 else kept
                 break
-        if chosen is not None and _mesh_size(mesh, chosen) == 1:
-            chosen = None  # trivial axes: keep specs short and readable
-        if chosen is not None:
-            used.update((chosen,) if isinstance(chosen, str) else chosen)
         out.append(chosen)
     return PartitionSpec(*out)
 
@@ -152,7 +150,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
     """NamedShardings for an nnx State whose Variables carry ``logical_axes``."""
 
     def one(var: Any) -> Any:
-        value = var.value if isinstance(var, nnx.Variable) else var
+        value = var.get_value() if isinstance(var, nnx.Variable) else var
         axes = var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None
         spec = PartitionSpec() if axes is None else logical_to_spec(axes, value.shape, mesh)
         sharding = NamedSharding(mesh, spec)

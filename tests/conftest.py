@@ -1,0 +1,23 @@
+"""Test set-up: 8 fake CPU devices for the sharding tests, and shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def eight_devices() -> list:
+    devices = jax.devices()
+    assert len(devices) == 8, "tests expect 8 fake CPU devices (XLA_FLAGS set in conftest.py)"
+    return devices
