@@ -98,7 +98,7 @@ def _grads(cfg, ids, modality):
         out = nnx.merge(graphdef, state)(ids, modality)
         return sum(jnp.mean(jax.nn.logsumexp(v, axis=-1)) for v in out.values())
 
-    has_remat = "checkpoint" in str(jax.make_jaxpr(jax.grad(loss))(state))
+    has_remat = "remat" in str(jax.make_jaxpr(jax.grad(loss))(state))
     return jax.jit(jax.grad(loss))(state), has_remat
 
 
@@ -112,7 +112,7 @@ def test_remat_policies_give_identical_gradients(scan_layers):
         grads, has_remat = _grads(debug_config(scan_layers=scan_layers, remat_policy=policy), ids, modality)
         assert has_remat, policy
         grads = nnx.to_flat_state(grads)
-        for (path, g_ref), (_, g) in zip(reference, grads):
+        for (path, g_ref), (_, g) in zip(reference, grads, strict=True):
             np.testing.assert_allclose(
                 g.get_value(), g_ref.get_value(), rtol=1e-5, atol=1e-7, err_msg=f"{policy} {path}"
             )
