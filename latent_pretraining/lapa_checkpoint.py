@@ -260,14 +260,19 @@ def save_lapa_params(model: VLAModel, path: str | os.PathLike, float_dtype: str 
     tmp = file_path.with_name(file_path.name + ".tmp")
     if is_writer:
         file_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") if is_writer else open(os.devnull, "wb") as f:
-        packer = msgpack.Packer(use_bin_type=True)
-        for key, value in items:
-            if not value.is_fully_addressable:
-                value = multihost_utils.process_allgather(value, tiled=True)
-            array = np.asarray(jax.device_get(value))
-            if cast is not None:
-                array = array.astype(cast)
-            f.write(packer.pack((list(key), encode_array(array))))
+    try:
+        with open(tmp if is_writer else os.devnull, "wb") as f:
+            packer = msgpack.Packer(use_bin_type=True)
+            for key, value in items:
+                if not value.is_fully_addressable:
+                    value = multihost_utils.process_allgather(value, tiled=True)
+                array = np.asarray(jax.device_get(value))
+                if cast is not None:
+                    array = array.astype(cast)
+                f.write(packer.pack((list(key), encode_array(array))))
+    except BaseException:
+        if is_writer:
+            tmp.unlink(missing_ok=True)
+        raise
     if is_writer:
         os.replace(tmp, file_path)
