@@ -187,11 +187,23 @@ def cluster_described() -> bool:
 
 def maybe_initialize_distributed(**kwargs: Any) -> bool:
     """Calls ``jax.distributed.initialize`` when a cluster is described (or
-    explicit coordinator arguments are given). Returns whether it did."""
+    explicit arguments are given); returns whether the process is distributed.
+
+    Besides what JAX detects itself (SLURM, Cloud TPU, Open MPI, ...), an explicit
+    cluster is ``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``. With ``JAX_PLATFORMS=cpu`` the CPU collectives use gloo.
+    """
     if not kwargs and not cluster_described():
         return False
     if jax.distributed.is_initialized():
         return True
+    env = os.environ
+    if "JAX_NUM_PROCESSES" in env and "num_processes" not in kwargs:
+        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+    if "JAX_PROCESS_ID" in env and "process_id" not in kwargs:
+        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    if env.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     log.info(
         "jax.distributed initialised: process %d of %d, %d local / %d global devices",

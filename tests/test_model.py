@@ -231,3 +231,26 @@ def test_cudnn_backend_is_a_clear_error_without_a_gpu():
     ids, modality = mixed_batch(1)
     with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
         model(jnp.asarray(ids), jnp.asarray(modality))
+
+
+def test_config_file_presets_and_command_line_overrides():
+    from absl import flags
+    from conftest import REPO_ROOT
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values)
+    values(
+        [
+            "prog",
+            f"--config={REPO_ROOT / 'latent_pretraining/configs/vla.py'}:7b",
+            "--config.model.remat_policy=full",
+            "--config.model.num_kv_heads=8",
+            "--config.mesh=!-1,8,1,1",
+        ]
+    )
+    config = values.config
+    assert config.preset == "7b" and config.model.hidden_size == 4096
+    assert config.model.remat_policy == "full" and config.model.num_kv_heads == 8
+    assert config.mesh == "!-1,8,1,1"
+    validate(config.model)
