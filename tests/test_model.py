@@ -234,23 +234,40 @@ def test_cudnn_backend_is_a_clear_error_without_a_gpu():
 
 
 def test_config_file_presets_and_command_line_overrides():
-    from absl import flags
-    from conftest import REPO_ROOT
-    from ml_collections import config_flags
+    """``--config=latent_pretraining/configs/vla.py:<preset>`` plus ``--config.a.b=value``."""
+    import json
+    import subprocess
+    import sys
 
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=values)
-    values(
+    from conftest import REPO_ROOT
+
+    script = (
+        "import json\n"
+        "from absl import app, flags\n"
+        "from ml_collections import config_flags\n"
+        "config_flags.DEFINE_config_file('config')\n"
+        "app.run(lambda _: print(json.dumps(flags.FLAGS.config.to_dict())))\n"
+    )
+    out = subprocess.run(
         [
-            "prog",
-            f"--config={REPO_ROOT / 'latent_pretraining/configs/vla.py'}:7b",
+            sys.executable,
+            "-c",
+            script,
+            "--config=latent_pretraining/configs/vla.py:7b",
             "--config.model.remat_policy=full",
             "--config.model.num_kv_heads=8",
             "--config.mesh=!-1,8,1,1",
-        ]
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    config = values.config
-    assert config.preset == "7b" and config.model.hidden_size == 4096
-    assert config.model.remat_policy == "full" and config.model.num_kv_heads == 8
-    assert config.mesh == "!-1,8,1,1"
-    validate(config.model)
+    config = json.loads(out.stdout.strip().splitlines()[-1])
+    assert config["preset"] == "7b" and config["model"]["hidden_size"] == 4096
+    assert config["model"]["remat_policy"] == "full" and config["model"]["num_kv_heads"] == 8
+    assert config["mesh"] == "!-1,8,1,1"
+    with pytest.raises(ValueError, match="remat_policy"):
+        cfg = get_model_config("7b")
+        cfg.remat_policy = "fulll"
+        validate(cfg)
