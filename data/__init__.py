@@ -1,0 +1,1 @@
+"""Data tools run as modules (finetune preprocessing, RLDS export, synthetic world data)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -133,17 +132,20 @@ class Sampler:
         self.config = model.config
         self.mesh = mesh
         self.buckets = tuple(sorted(buckets))
-        self._jitted = jax.jit(
-            partial(_generate, self.graphdef),
-            static_argnames=("vocab", "num_tokens", "greedy", "top_k"),
-        )
+        self._traces = 0
+
+        def traced(*args, **kwargs):
+            self._traces += 1  # runs only when jax traces (and so compiles) a new variant
+            return _generate(self.graphdef, *args, **kwargs)
+
+        self._jitted = jax.jit(traced, static_argnames=("vocab", "num_tokens", "greedy", "top_k"))
 
     def vocab_size(self, vocab: str) -> int:
         return int(self.config[f"{vocab}_vocab_size"])
 
     def compiled_variants(self) -> int:
-        """Number of programs compiled so far (one per bucket/batch/mode)."""
-        return self._jitted._cache_size()
+        """Number of programs traced and compiled so far (one per bucket/batch/mode)."""
+        return self._traces
 
     def generate(
         self,
