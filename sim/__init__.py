@@ -1,0 +1,1 @@
+"""Synthetic tabletop world: numpy rendering, simple physics, tasks, scripted experts, evaluator."""
