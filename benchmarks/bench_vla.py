@@ -6,7 +6,8 @@
 Training FLOPs per token (PaLM's formula, the full attention matrix counted):
     6 * N_matmul + 12 * num_layers * hidden_size * seq_len
 with N_matmul = the parameters of every matmul that runs per token (attention and MLP
-weights of all layers plus the four output heads; embedding lookups excluded).
+weights of all layers plus the text, latent and action heads that the step scores;
+embedding lookups excluded).
 MFU = FLOPs/token * tokens/s / peak, with peak from --peak_tflops (default: 989 TFLOP/s
 dense bf16 on H100/H200, nothing on CPU, where only achieved TFLOP/s is shown).
 
@@ -29,9 +30,14 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from latent_pretraining.model import VOCABS, Modality, VLAModel
+from latent_pretraining.model import Modality, VLAModel
 from latent_pretraining.sampler import Sampler
-from latent_pretraining.sharding import create_sharded, logical_to_spec, make_mesh
+from latent_pretraining.sharding import (
+    create_sharded,
+    logical_to_spec,
+    make_mesh,
+    maybe_initialize_distributed,
+)
 
 config_flags.DEFINE_config_file("config", "latent_pretraining/configs/vla.py:debug", "VLA config and preset.")
 flags.DEFINE_integer("batch", 8, "Global training batch size.")
@@ -44,13 +50,15 @@ flags.DEFINE_bool("skip_train", False, "Only measure generation.")
 FLAGS = flags.FLAGS
 
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# heads scored in the train step (LAPA's losses: text, latent, action; no vision loss)
+TRAIN_HEADS = ("text", "latent", "action")
 
 
 def matmul_params(cfg) -> int:
     d, f = cfg.hidden_size, cfg.intermediate_size
     kv = cfg.num_kv_heads * (d // cfg.num_heads)
     per_layer = d * d * 2 + d * kv * 2 + 3 * d * f
-    heads = d * (cfg.text_vocab_size + cfg.vision_vocab_size + cfg.latent_vocab_size + cfg.action_vocab_size)
+    heads = d * sum(cfg[f"{name}_vocab_size"] for name in TRAIN_HEADS)
     return cfg.num_layers * per_layer + heads
 
 
@@ -114,13 +122,13 @@ def bench_train(cfg, mesh, model) -> dict:
     optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=0.1)
     with jax.set_mesh(mesh):
         opt_state = jax.jit(optimizer.init)(params)
-    weights = {"text": 0.01, "vision": 0.0, "latent": 0.99, "action": 1.0}
+    weights = {"text": 0.01, "latent": 0.99, "action": 1.0}
 
     def step(params, opt_state, ids, modality):
         def loss_fn(params):
-            logits = nnx.merge(graphdef, params)(ids[:, :-1], modality[:, :-1])
+            logits = nnx.merge(graphdef, params)(ids[:, :-1], modality[:, :-1], heads=TRAIN_HEADS)
             total = 0.0
-            for name in VOCABS:
+            for name in TRAIN_HEADS:
                 mask = (modality[:, 1:] == Modality[name.upper()]).astype(jnp.float32)
                 target = jnp.where(mask > 0, ids[:, 1:], 0)
                 ce = optax.softmax_cross_entropy_with_integer_labels(logits[name], target)
@@ -206,6 +214,7 @@ def bench_generate(cfg, mesh, model) -> list[dict]:
 
 def main(argv) -> None:
     del argv
+    maybe_initialize_distributed()
     config = FLAGS.config
     cfg = config.model
     mesh = make_mesh(config.mesh)

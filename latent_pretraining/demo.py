@@ -29,7 +29,7 @@ from latent_pretraining.config import get_model_config
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import Modality, VLAModel
 from latent_pretraining.sampler import Sampler
-from latent_pretraining.sharding import create_sharded, make_mesh
+from latent_pretraining.sharding import create_sharded, make_mesh, maybe_initialize_distributed
 
 VISION_TOKENS = 16
 LATENT_TOKENS = 4
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--mesh", default="1,-1,1,1", help="dp,fsdp,tp,sp (one entry may be -1)")
     args = parser.parse_args()
 
+    maybe_initialize_distributed()
     cfg = get_model_config("debug")
     mesh = make_mesh(args.mesh)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; mesh {dict(mesh.shape)}")

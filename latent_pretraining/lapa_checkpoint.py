@@ -56,6 +56,12 @@ _BLOCK = {
     ("feed_forward", "w3", "kernel"): "w_up",
 }
 _TOP_LEVEL_INV = {v: k for k, v in _TOP_LEVEL.items()}
+# parameters a checkpoint may lack: a vocabulary added for finetuning (e.g. actions)
+_OPTIONAL = frozenset(
+    f"{vocab}_{part}" for vocab in ("text", "vision", "latent", "action") for part in ("embed", "head")
+)
+# msgpack's bin32 length limit: no single record can be larger
+MAX_RECORD_BYTES = 2**32 - 1
 _BLOCK_INV = {v: k for k, v in _BLOCK.items()}
 
 
@@ -97,6 +103,8 @@ def encode_array(array: np.ndarray) -> bytes:
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Streams ``(key_path, array)`` records from a LAPA checkpoint file."""
     file_path = _strip(path)
+    size = os.path.getsize(file_path)
+    key: tuple[str, ...] = ()
     with open(file_path, "rb") as f:
         unpacker = msgpack.Unpacker(f, read_size=1 << 24, max_buffer_size=0, raw=False)
         for index, record in enumerate(unpacker):
@@ -104,6 +112,12 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[tuple[str, ...], np.
                 raise CheckpointFormatError(f"{file_path}: record {index} is not a (key, value) pair")
             key = tuple(str(k) for k in record[0])
             yield key, decode_array(record[1], f"{file_path}: {'/'.join(key)}")
+        if unpacker.tell() != size:  # msgpack stops quietly at a cut-off record
+            last = "/".join(key) or "none"
+            raise CheckpointFormatError(
+                f"{file_path}: truncated or corrupt after byte {unpacker.tell()} of {size} "
+                f"(last complete record: {last})"
+            )
 
 
 def _map_key(key: tuple[str, ...], where: str) -> tuple[str, int | None]:
@@ -193,6 +207,13 @@ def load_lapa_params(
         }
         raise CheckpointFormatError(f"{file_path}: layers missing for {incomplete}")
     missing = [p for p in targets if p not in loaded]
+    not_optional = [p for p in missing if p[-1] not in _OPTIONAL]
+    if not_optional:
+        names = ", ".join("/".join(map(str, p)) for p in not_optional)
+        raise CheckpointFormatError(
+            f"{file_path}: missing parameters {names}; only vocabulary tables and "
+            "heads may be absent (they are then initialised)"
+        )
     if missing:
         log.warning(
             "%s: not in the checkpoint, initialised with the model's initialiser: %s",
@@ -256,6 +277,13 @@ def save_lapa_params(model: VLAModel, path: str | os.PathLike, float_dtype: str 
     cast = casts[float_dtype]
     file_path = _strip(path)
     items = sorted(_lapa_items(model), key=lambda item: item[0])
+    for key, value in items:  # check before writing anything
+        nbytes = value.size * jnp.dtype(cast or value.dtype).itemsize
+        if nbytes > MAX_RECORD_BYTES:
+            raise CheckpointFormatError(
+                f"{'/'.join(key)}: {nbytes:,} bytes do not fit in one msgpack record of "
+                "LAPA's format (4 GiB at most); save with float_dtype='bf16'"
+            )
     is_writer = jax.process_index() == 0
     tmp = file_path.with_name(file_path.name + ".tmp")
     if is_writer:
@@ -276,3 +304,5 @@ def save_lapa_params(model: VLAModel, path: str | os.PathLike, float_dtype: str 
         raise
     if is_writer:
         os.replace(tmp, file_path)
+    if jax.process_count() > 1:  # no host reads the file before it is complete
+        multihost_utils.sync_global_devices(f"save_lapa_params:{file_path}")

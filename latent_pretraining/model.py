@@ -112,13 +112,16 @@ class DecoderBlock(nnx.Module):
         self,
         x: jax.Array,
         attn: AttentionInputs,
-        layer_cache: tuple[jax.Array, jax.Array] | None = None,
+        cache: tuple[jax.Array, jax.Array] | None = None,
+        layer: jax.Array | int = 0,
         cache_slot: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Returns the block output and this call's keys and values [B, T, K, D].
+        """Returns the block output and keys/values.
 
-        With ``layer_cache`` (this layer's [B, S, K, D] keys and values), the new
-        keys/values are placed at ``cache_slot`` and attention runs over the cache.
+        Without ``cache`` these are this call's keys and values [B, T, K, D]. With
+        ``cache`` (every layer's [L, B, S, K, D] keys and values) the new ones are
+        written at (``layer``, ``cache_slot``), attention runs over this layer's
+        cache, and the updated caches are returned.
         """
         b, t, _ = x.shape
         h = rms_norm(x, self.attn_norm[...], self.eps)
@@ -136,10 +139,13 @@ class DecoderBlock(nnx.Module):
         k = with_logical_constraint(k, kv_heads)
         v = with_logical_constraint(v, kv_heads)
         keys, values = k, v
-        if layer_cache is not None:
-            start = (0, cache_slot, 0, 0)
-            keys = jax.lax.dynamic_update_slice(layer_cache[0], k.astype(layer_cache[0].dtype), start)
-            values = jax.lax.dynamic_update_slice(layer_cache[1], v.astype(layer_cache[1].dtype), start)
+        if cache is not None:
+            start = (layer, 0, cache_slot, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(cache[0], k[None].astype(cache[0].dtype), start)
+            v_all = jax.lax.dynamic_update_slice(cache[1], v[None].astype(cache[1].dtype), start)
+            keys = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+            values = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+            k, v = k_all, v_all
         out = dot_product_attention(
             q,
             keys.astype(q.dtype),
@@ -222,32 +228,45 @@ class VLAModel(nnx.Module):
     def _run_layers(
         self, x: jax.Array, attn: AttentionInputs, cache: KVCache | None, cache_slot: jax.Array | None
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Applies every block; returns x and the stacked new keys/values [layers, B, T, K, D]."""
+        """Applies every block. Returns x and either the stacked new keys/values
+        [layers, B, T, K, D] (no cache) or the updated caches."""
         policy_name = self.config.remat_policy
 
-        def apply(graphdef, layer_state, x, layer_cache):
+        def apply(graphdef, layer_state, x, kv, layer):
             block = nnx.merge(graphdef, layer_state)
-            return block(x, attn, layer_cache, cache_slot)
+            return block(x, attn, kv, layer, cache_slot)
 
         if policy_name != "none":
             apply = jax.checkpoint(apply, policy=remat_policy(policy_name), static_argnums=(0,))
 
         if self.config.scan_layers:
             graphdef, state = nnx.split(self.layers)
+            if cache is None:
 
-            def body(carry, xs):
-                layer_state, layer_cache = xs
-                out, k, v = apply(graphdef, layer_state, carry, layer_cache)
-                return out, (k, v)
+                def body(x, layer_state):
+                    x, k, v = apply(graphdef, layer_state, x, None, 0)
+                    return x, (k, v)
 
-            caches = None if cache is None else (cache.k, cache.v)
-            x, (ks, vs) = jax.lax.scan(body, x, (state, caches))
-            return x, ks, vs
+                x, (ks, vs) = jax.lax.scan(body, x, state)
+                return x, ks, vs
+
+            def cached_body(carry, xs):
+                x, k_all, v_all = apply(graphdef, xs[0], carry[0], carry[1:], xs[1])
+                return (x, k_all, v_all), None
+
+            layers = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+            (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache.k, cache.v), (state, layers))
+            return x, k_all, v_all
+        if cache is not None:
+            kv = (cache.k, cache.v)
+            for i, block in enumerate(self.layers):
+                graphdef, layer_state = nnx.split(block)
+                x, *kv = apply(graphdef, layer_state, x, tuple(kv), i)
+            return x, kv[0], kv[1]
         ks, vs = [], []
-        for i, block in enumerate(self.layers):
+        for block in self.layers:
             graphdef, layer_state = nnx.split(block)
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, k, v = apply(graphdef, layer_state, x, layer_cache)
+            x, k, v = apply(graphdef, layer_state, x, None, 0)
             ks.append(k)
             vs.append(v)
         return x, jnp.stack(ks), jnp.stack(vs)
@@ -315,11 +334,6 @@ class VLAModel(nnx.Module):
             kv_slot=jnp.arange(segment.shape[1], dtype=jnp.int32),
         )
         x = self.embed(input_ids, jnp.full(input_ids.shape, int(modality), jnp.int32))
-        x, ks, vs = self._run_layers(x, attn, cache, slot)
-        start = (0, 0, slot, 0, 0)
-        cache = KVCache(
-            k=jax.lax.dynamic_update_slice(cache.k, ks.astype(cache.k.dtype), start),
-            v=jax.lax.dynamic_update_slice(cache.v, vs.astype(cache.v.dtype), start),
-            segment=segment,
-        )
-        return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), cache
+        x, k_all, v_all = self._run_layers(x, attn, cache, slot)
+        hidden = rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
+        return hidden, KVCache(k=k_all, v=v_all, segment=segment)

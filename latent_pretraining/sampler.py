@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from latent_pretraining.model import VOCABS, KVCache, Modality, VLAModel
 from latent_pretraining.sharding import logical_to_spec
@@ -138,7 +138,11 @@ class Sampler:
             self._traces += 1  # runs only when jax traces (and so compiles) a new variant
             return _generate(self.graphdef, *args, **kwargs)
 
-        self._jitted = jax.jit(traced, static_argnames=("vocab", "num_tokens", "greedy", "top_k"))
+        # tokens come back replicated, so every host can read them on a multi-host mesh
+        out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        self._jitted = jax.jit(
+            traced, static_argnames=("vocab", "num_tokens", "greedy", "top_k"), out_shardings=out
+        )
 
     def vocab_size(self, vocab: str) -> int:
         return int(self.config[f"{vocab}_vocab_size"])
@@ -193,6 +197,9 @@ class Sampler:
                 raise ValueError(f"allowed_tokens must be [{num_tokens}, {size}], got {allowed_tokens.shape}")
             if not allowed_tokens.any(axis=1).all():
                 raise ValueError("allowed_tokens allows no token at some step")
+        self._check_prompts(input_ids, modality, attention_mask, num_tokens)
+        if temperature > 0 and rng is None:
+            raise ValueError("sampling (temperature > 0) needs an explicit rng key")
         length = input_ids.shape[1]
         bucket = bucket_length(length, self.buckets)
         if bucket > length:
@@ -200,7 +207,7 @@ class Sampler:
             input_ids, modality, attention_mask = (
                 np.pad(a, extra) for a in (input_ids, modality, attention_mask)
             )
-        rng = jax.random.PRNGKey(0) if rng is None else rng
+        rng = jax.random.PRNGKey(0) if rng is None else rng  # unused when greedy
         args = [input_ids, modality, attention_mask]
         if self.mesh is not None:
             spec = logical_to_spec(("activation_batch", None), input_ids.shape, self.mesh)
@@ -218,6 +225,40 @@ class Sampler:
                 top_k=int(top_k),
             )
         return np.asarray(tokens)
+
+    def _check_prompts(
+        self, input_ids: np.ndarray, modality: np.ndarray, attention_mask: np.ndarray, num_tokens: int
+    ) -> None:
+        """Rejects what would otherwise produce made-up tokens: ids outside their
+        vocabulary, right padding, and prompts longer than the model's context."""
+        if not np.isin(attention_mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        bad_rows = np.flatnonzero((np.diff(attention_mask, axis=1) < 0).any(axis=1))
+        if bad_rows.size:
+            raise ValueError(f"row {bad_rows[0]}: padding must be on the left (mask 0...0 1...1)")
+        empty = np.flatnonzero(attention_mask.sum(axis=1) == 0)
+        if empty.size:
+            raise ValueError(f"row {empty[0]}: the prompt has no tokens")
+        real = attention_mask == 1
+        for m, name in enumerate(VOCABS):
+            selected = real & (modality == m)
+            bad = selected & ((input_ids < 0) | (input_ids >= self.vocab_size(name)))
+            if bad.any():
+                row, col = (int(i[0]) for i in np.nonzero(bad))
+                raise ValueError(
+                    f"row {row}, position {col}: {name} id {int(input_ids[row, col])} is outside "
+                    f"[0, {self.vocab_size(name)})"
+                )
+        unknown = real & ((modality < 0) | (modality >= len(VOCABS)))
+        if unknown.any():
+            row, col = (int(i[0]) for i in np.nonzero(unknown))
+            raise ValueError(f"row {row}, position {col}: modality {int(modality[row, col])} is not 0-3")
+        longest = int(attention_mask.sum(axis=1).max())
+        if longest + num_tokens > self.config.max_sequence_length:
+            raise ValueError(
+                f"prompt of {longest} tokens + {num_tokens} new tokens exceeds max_sequence_length "
+                f"{self.config.max_sequence_length}"
+            )
 
     def generate_batch(self, prompts: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs) -> np.ndarray:
         """``generate`` for a list of ``(input_ids, modality)`` prompts of any lengths."""

@@ -202,8 +202,8 @@ def maybe_initialize_distributed(**kwargs: Any) -> bool:
         kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
     if "JAX_PROCESS_ID" in env and "process_id" not in kwargs:
         kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-    if env.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if env.get("JAX_PLATFORMS", "") == "cpu" and hasattr(jax.config, "jax_cpu_collectives_implementation"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the default in newer JAX
     jax.distributed.initialize(**kwargs)
     log.info(
         "jax.distributed initialised: process %d of %d, %d local / %d global devices",

@@ -43,3 +43,17 @@ def mixed_batch(
     ids[:, 0] = cfg.bos_token_id
     ids[:, -1] = cfg.eos_token_id
     return ids, np.concatenate(modality, axis=1).astype(np.int32)
+
+
+def lapa_modality(fixture, prefix: str) -> np.ndarray:
+    """The modality array of a LAPA fixture input, from its ``<prefix>_{vision,delta,action}_masks.npy``."""
+    modality = np.zeros(np.load(fixture / f"{prefix}_input_ids.npy").shape, np.int32)
+    for lapa_name, mod in (
+        ("vision", Modality.VISION),
+        ("delta", Modality.LATENT),
+        ("action", Modality.ACTION),
+    ):
+        path = fixture / f"{prefix}_{lapa_name}_masks.npy"
+        if path.exists():
+            modality = np.where(np.load(path), int(mod), modality)
+    return modality

@@ -51,14 +51,18 @@ def test_round_trip_fp32_is_exact(tmp_path, scan_layers):
     else:
         assert ("transformer", "h", "1", "feed_forward", "w2", "kernel") in keys
     assert ("transformer", "dte", "embedding") in keys and ("delta_head", "kernel") in keys
+    saved = _params(model)
     for target_scan in (True, False):  # either file layout loads into either model layout
-        loaded = load_lapa_params(tmp_path / "ckpt", debug_config(scan_layers=target_scan))
-        original = _params(debug_model(seed=1, scan_layers=target_scan))
-        got = _params(loaded)
-        assert got.keys() == original.keys()
-        if target_scan == scan_layers:
-            for path in got:
-                np.testing.assert_array_equal(got[path], original[path], err_msg=str(path))
+        got = _params(load_lapa_params(tmp_path / "ckpt", debug_config(scan_layers=target_scan)))
+        assert got.keys() == _params(debug_model(seed=1, scan_layers=target_scan)).keys()
+        for path, value in got.items():
+            if target_scan == scan_layers or path[0] != "layers":
+                expected = saved[path]
+            elif target_scan:  # ('layers', name) <- the saved per-layer tensors, stacked
+                expected = np.stack([saved[("layers", i, path[1])] for i in range(2)])
+            else:  # ('layers', i, name) <- slice i of the saved stacked tensor
+                expected = saved[("layers", path[2])][path[1]]
+            np.testing.assert_array_equal(value, expected, err_msg=str(path))
 
 
 def test_bf16_round_trip_loses_only_bf16_rounding(tmp_path):
@@ -152,3 +156,32 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_lapa_params(model, target)
     assert target.read_bytes() == before  # the complete old file is untouched
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_truncated_file_is_an_error_not_missing_tensors(tmp_path):
+    save_lapa_params(debug_model(), tmp_path / "ckpt", float_dtype=None)
+    data = (tmp_path / "ckpt").read_bytes()
+    (tmp_path / "cut").write_bytes(data[: int(len(data) * 0.8)])
+    with pytest.raises(CheckpointFormatError, match="cut: truncated or corrupt after byte"):
+        load_lapa_params(tmp_path / "cut", debug_config())
+
+
+def test_only_vocabulary_tables_may_be_missing(tmp_path):
+    save_lapa_params(debug_model(), tmp_path / "ckpt", float_dtype=None)
+    records = [(k, a) for k, a in iter_records(tmp_path / "ckpt") if k != ("transformer", "ln_f", "kernel")]
+    _write(tmp_path / "no_norm", records)
+    with pytest.raises(CheckpointFormatError, match="missing parameters final_norm"):
+        load_lapa_params(tmp_path / "no_norm", debug_config())
+
+
+def test_tensor_too_large_for_the_format_is_refused_before_writing(tmp_path, monkeypatch):
+    """msgpack records hold at most 4 GiB (7B fp32 stacked MLP weights are 5.8 GB)."""
+    monkeypatch.setattr("latent_pretraining.lapa_checkpoint.MAX_RECORD_BYTES", 200_000)
+    model = debug_model()  # the text head: 64 x 1024 fp32 = 262,144 bytes; 131,072 in bf16
+    with pytest.raises(
+        CheckpointFormatError, match=r"lm_head/kernel: 262,144 bytes .* save with float_dtype='bf16'"
+    ):
+        save_lapa_params(model, tmp_path / "ckpt", float_dtype=None)
+    assert not list(tmp_path.iterdir())
+    save_lapa_params(model, tmp_path / "ckpt", float_dtype="bf16")
+    assert (tmp_path / "ckpt").exists()

@@ -271,3 +271,22 @@ def test_config_file_presets_and_command_line_overrides():
         cfg = get_model_config("7b")
         cfg.remat_policy = "fulll"
         validate(cfg)
+
+
+def test_remat_policies_save_what_they_name(capsys):
+    """Residuals kept for the backward pass: 'full' keeps fewest, 'none' most, and
+    'save-named-activations' keeps the checkpoint_name'd activations."""
+    ids, modality = (jnp.asarray(a) for a in mixed_batch(2))
+    saved = {}
+    for policy in ("none", "full", "save-dots", "save-named-activations"):
+        model = debug_model(scan_layers=False, remat_policy=policy)
+        graphdef, state = nnx.split(model)
+        capsys.readouterr()
+        jax.ad_checkpoint.print_saved_residuals(
+            lambda s, g=graphdef: jnp.sum(nnx.merge(g, s)(ids, modality, heads=("text",))["text"]), state
+        )
+        saved[policy] = capsys.readouterr().out.splitlines()
+    assert len(saved["full"]) < len(saved["save-dots"]) < len(saved["none"])
+    assert len(saved["full"]) < len(saved["save-named-activations"]) < len(saved["none"])
+    assert not any("named" in line for line in saved["full"])
+    assert sum("named" in line for line in saved["save-named-activations"]) >= 2 * 2  # >= 2 per layer

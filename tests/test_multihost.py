@@ -19,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_load_lapa_checkpoint_and_match_single_process(tmp_path):
+def test_two_processes_load_generate_and_export_like_one_process(tmp_path):
     port = _free_port()
     procs = []
     for pid in range(2):
@@ -30,7 +30,7 @@ def test_two_processes_load_lapa_checkpoint_and_match_single_process(tmp_path):
             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(pid),
-            PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}",
+            PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests"), env.get("PYTHONPATH", "")]),
         )
         procs.append(
             subprocess.Popen(
@@ -60,5 +60,7 @@ def test_two_processes_load_lapa_checkpoint_and_match_single_process(tmp_path):
         assert (r["processes"], r["devices"], r["local_devices"]) == (2, 4, 2)
         assert r["param_devices"] == 4  # parameters are spread over both hosts' devices
         np.testing.assert_allclose(np.asarray(r["latent_logits"]), expected, rtol=1e-5, atol=1e-5)
+        # generation on the 2-host mesh returns LAPA's greedy tokens on every host
+        np.testing.assert_array_equal(r["tokens"], np.load(FIXTURE / "gen_tokens_greedy_topk1.npy"))
     # process 0 gathered the shards of both hosts and wrote LAPA's exact file
     assert (tmp_path / "params").read_bytes() == (FIXTURE / "params").read_bytes()

@@ -197,3 +197,23 @@ def test_left_pad_layout_and_errors():
         left_pad([(np.array([5, 6]), np.array([0]))])
     with pytest.raises(ValueError, match="shorter than the longest"):
         left_pad([(np.array([5, 6]), np.array([0, 0]))], length=1)
+
+
+def test_inputs_that_would_give_made_up_tokens_are_errors():
+    sampler = Sampler(debug_model())
+    ids, modality = _prompt(0)
+    ids, modality = ids[None].copy(), modality[None].copy()
+    vision_at = int(np.flatnonzero(modality[0] == Modality.VISION)[0])
+    bad = ids.copy()
+    bad[0, vision_at] = 96  # the debug vision vocabulary is 96
+    with pytest.raises(ValueError, match=f"row 0, position {vision_at}: vision id 96 is outside"):
+        sampler.generate(bad, modality, vocab="action", num_tokens=7)
+    right_padded = np.ones_like(ids)
+    right_padded[0, -2:] = 0
+    with pytest.raises(ValueError, match="padding must be on the left"):
+        sampler.generate(ids, modality, right_padded, vocab="action", num_tokens=7)
+    with pytest.raises(ValueError, match="exceeds max_sequence_length 1024"):
+        sampler.generate(ids, modality, vocab="action", num_tokens=1024)
+    with pytest.raises(ValueError, match="needs an explicit rng"):
+        sampler.generate(ids, modality, vocab="action", num_tokens=7, temperature=0.7)
+    assert sampler.compiled_variants() == 0  # nothing reached the device
