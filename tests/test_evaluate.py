@@ -1,0 +1,45 @@
+"""The closed-loop evaluator and its baseline policies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim.env import EnvConfig, TabletopEnv
+from sim.evaluate import ExpertPolicy, NoOpPolicy, RandomPolicy, evaluate, format_summary, wilson_interval
+
+
+def test_wilson_interval_known_values():
+    # 0 of 10: upper bound z^2 / (n + z^2) = 3.8416 / 13.8416
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), abs=1e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0
+
+
+def test_expert_succeeds_and_baselines_do_not(tmp_path):
+    env = TabletopEnv(EnvConfig(max_steps=60))
+    expert = evaluate(ExpertPolicy(env), env, episodes_per_task=6, out_dir=tmp_path / "expert")
+    noop = evaluate(NoOpPolicy(), env, episodes_per_task=6)
+    random = evaluate(RandomPolicy(seed=1), env, episodes_per_task=6)
+    assert expert["overall"]["success_rate"] >= 0.95
+    assert noop["overall"]["success_rate"] == 0.0
+    assert noop["overall"]["mean_length"] == 60
+    assert random["overall"]["success_rate"] < 0.3
+    lo, hi = expert["overall"]["ci95"]
+    assert lo < expert["overall"]["success_rate"] <= hi
+    assert set(expert["per_task"]) == {"pick_place", "push", "reach"}
+    written = json.loads((tmp_path / "expert" / "summary.json").read_text())
+    assert written["overall"] == expert["overall"] and written["policy"] == "ExpertPolicy"
+    gifs = sorted(p.name for p in (tmp_path / "expert").glob("*.gif"))
+    assert len(gifs) == 3 and all(p.startswith("rollout_") for p in gifs)
+    assert "overall" in format_summary(expert)
+
+
+def test_evaluation_seeds_are_fixed():
+    env = TabletopEnv()
+    a = evaluate(RandomPolicy(seed=3), env, episodes_per_task=2, tasks=("reach",))
+    b = evaluate(RandomPolicy(seed=3), env, episodes_per_task=2, tasks=("reach",))
+    assert [e["instruction"] for e in a["episodes"]] == [e["instruction"] for e in b["episodes"]]
+    assert a["overall"] == b["overall"]
