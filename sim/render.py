@@ -44,6 +44,7 @@ class Canvas:
         self.image = background.copy()
         self.size = background.shape[0]
         self.offset = offset  # camera jitter in pixels
+        self._centres = np.arange(self.size, dtype=np.float32) + 0.5  # pixel centres
 
     def _box(self, cx: float, cy: float, extent: float):
         s = self.size
@@ -53,8 +54,8 @@ class Canvas:
         y0, y1 = max(int(py - r), 0), min(int(py + r) + 1, s)
         if x0 >= x1 or y0 >= y1:
             return None
-        xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - px) / s
-        ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - py) / s
+        xs = (self._centres[x0:x1] - px) / s
+        ys = (self._centres[y0:y1] - py) / s
         return (slice(y0, y1), slice(x0, x1)), xs[None, :], ys[:, None]
 
     def shape(
@@ -91,12 +92,14 @@ class Canvas:
         else:
             raise ValueError(f"unknown shape {kind!r}")
         pixels = self.image[region]
+        where = mask[..., None]
         if darken is not None:
-            pixels[mask] *= darken
+            np.multiply(pixels, np.float32(darken), out=pixels, where=where)
         elif alpha >= 1.0:
-            pixels[mask] = colour
+            np.copyto(pixels, np.asarray(colour, np.float32), where=where)
         else:
-            pixels[mask] = (1 - alpha) * pixels[mask] + alpha * np.asarray(colour, np.float32)
+            blend = (1 - alpha) * pixels + alpha * np.asarray(colour, np.float32)
+            np.copyto(pixels, blend, where=where)
 
 
 def height_scale(z: float) -> float:
