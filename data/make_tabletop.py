@@ -32,6 +32,8 @@ from sim.expert import ScriptedExpert
 from sim.tasks import TASK_KINDS
 
 FORMATS = ("videos", "rlds", "finetune")
+# LAPA's question (its samplers build the same string, backticks included)
+LAPA_QUESTION = "What action should the robot take to `{task}`"
 
 
 def run_episode(env: TabletopEnv, seed: int, task: str, noise: float) -> dict[str, Any]:
@@ -79,7 +81,7 @@ def finetune_rows(episode: dict[str, Any], frame_dir: Path) -> list[dict[str, An
                 "conversations": [
                     {
                         "from": "human",
-                        "value": f"<image>\nWhat action should the robot take to {episode['instruction']}?",
+                        "value": "<image>\n" + LAPA_QUESTION.format(task=episode["instruction"]),
                     },
                     {
                         "from": "gpt",
