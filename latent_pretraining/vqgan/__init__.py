@@ -1,0 +1,1 @@
+"""LWM-compatible VQGAN image tokenizer: model, checkpoints, preprocessing, training, pre-tokenizer."""
