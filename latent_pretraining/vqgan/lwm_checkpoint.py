@@ -73,7 +73,7 @@ def load_lwm_vqgan(path: str | os.PathLike, cfg: ml_collections.ConfigDict) -> V
         tree = tree["params"]
     stored = _flatten(tree)
     abstract = nnx.eval_shape(lambda: VQGAN(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
     values = []
     expected = set()
     for our_path, var in nnx.to_flat_state(state):
@@ -96,7 +96,10 @@ def load_lwm_vqgan(path: str | os.PathLike, cfg: ml_collections.ConfigDict) -> V
             f"{path}: parameters the config does not have: {', '.join(unknown[:5])}"
             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         )
-    return nnx.merge(graphdef, nnx.from_flat_state(values))
+    rest = jax.tree.map(
+        lambda x: jnp.full(x.shape, 1.0 / cfg.num_embeddings, x.dtype), rest
+    )  # fresh statistics
+    return nnx.merge(graphdef, nnx.from_flat_state(values), rest)
 
 
 def params_as_lwm_dict(model: VQGAN) -> dict[str, Any]:

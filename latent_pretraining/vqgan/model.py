@@ -156,6 +156,10 @@ class Decoder(nnx.Module):
         return self.conv_out(jax.nn.silu(self.norm_out(x)))
 
 
+class CodeUsage(nnx.Variable):
+    """Running average of how often each code is chosen (training statistic, not a parameter)."""
+
+
 class VQGAN(nnx.Module):
     """``encode`` images to codes, ``decode_codes`` back; ``__call__`` is the training forward."""
 
@@ -166,6 +170,7 @@ class VQGAN(nnx.Module):
         n = cfg.num_embeddings
         init = jax.nn.initializers.uniform(2.0 / n)
         self.codebook = nnx.Param(init(rngs.params(), (n, cfg.quantized_embed_dim)) - 1.0 / n)
+        self.code_usage = CodeUsage(jnp.full((n,), 1.0 / n, jnp.float32))
         self.post_quant_conv = _conv(cfg.quantized_embed_dim, cfg.z_channels, 1, rngs)
         self.decoder = Decoder(cfg, rngs)
 

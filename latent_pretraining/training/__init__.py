@@ -1,0 +1,1 @@
+"""The one training infrastructure: sharded state, step compilation, checkpoints, logging, the loop."""

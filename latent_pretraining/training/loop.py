@@ -1,0 +1,112 @@
+"""The training loop shared by every trainer: resume, step, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from latent_pretraining.training.checkpointing import Checkpointer
+from latent_pretraining.training.data import BatchStream
+from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.state import TrainState, abstract_state, global_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LoopSettings:
+    total_steps: int
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    desc: str = "train"
+    items_per_example: int = 1  # e.g. tokens per sequence, for the throughput figure
+    items_name: str = "examples"
+
+
+def resume(checkpointer: Checkpointer, state: TrainState, data: BatchStream) -> tuple[TrainState, int]:
+    """Restores the newest checkpoint of the run (state and data position) if there is one."""
+    restored = checkpointer.restore(abstract_state(state))
+    if restored is None:
+        return state, 0
+    state, data_state = restored
+    data.restore(data_state)
+    step = int(jax.device_get(state["step"]))
+    print(
+        f"resumed from {checkpointer.directory}/{step} (data epoch {data.epoch}, batch {data.index})",
+        flush=True,
+    )
+    return state, step
+
+
+def run(
+    settings: LoopSettings,
+    step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]],
+    state: TrainState,
+    data: BatchStream,
+    mesh: Mesh,
+    checkpointer: Checkpointer,
+    logger: MetricsLogger,
+    eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None,
+    start_step: int = 0,
+) -> tuple[TrainState, dict[str, float]]:
+    """Runs ``step_fn`` from ``start_step`` to ``settings.total_steps``; returns state and last metrics."""
+    last: dict[str, float] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    began = time.perf_counter()
+    bar = tqdm(
+        total=settings.total_steps,
+        initial=start_step,
+        desc=settings.desc,
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    for step in range(start_step, settings.total_steps):
+        batch = global_batch(next(data), mesh)
+        state, metrics = step_fn(state, batch)
+        done = step + 1
+        window_steps += 1
+        if done % settings.log_every == 0 or done == settings.total_steps:
+            metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - window_start
+            per_step = elapsed / window_steps
+            examples = next(iter(batch.values())).shape[0]
+            metrics["step_time_s"] = per_step
+            metrics[f"{settings.items_name}_per_s"] = examples * settings.items_per_example / per_step
+            logger.log(done, metrics)
+            bar.set_postfix(
+                loss=f"{metrics.get('loss', float('nan')):.4f}",
+                **{f"{settings.items_name}/s": f"{metrics[f'{settings.items_name}_per_s']:.0f}"},
+            )
+            last = metrics
+            window_start, window_steps = time.perf_counter(), 0
+        if (
+            eval_fn is not None
+            and settings.eval_every
+            and done % settings.eval_every == 0
+            and done < settings.total_steps
+        ):
+            logger.log(done, eval_fn(state, done), prefix="eval")
+        checkpointer.maybe_save(done, state, data.state())
+        bar.update(1)
+    bar.close()
+    checkpointer.maybe_save(settings.total_steps, state, data.state(), force=True)
+    checkpointer.wait()
+    if eval_fn is not None:
+        final_eval = eval_fn(state, settings.total_steps)
+        logger.log(settings.total_steps, final_eval, prefix="eval")
+        last = {**last, **{f"eval_{k}": v for k, v in final_eval.items()}}
+    took = time.perf_counter() - began
+    print(
+        f"{settings.desc}: {settings.total_steps - start_step} steps in {took:.1f}s; "
+        + ", ".join(f"{k} {v:.4g}" for k, v in last.items()),
+        flush=True,
+    )
+    return state, last

@@ -1,0 +1,252 @@
+"""Trains a VQ image tokenizer on the shared training infrastructure.
+
+    python -m latent_pretraining.vqgan train --config=latent_pretraining/configs/vqgan.py:small \\
+        --config.run_dir=runs/vq [--config.data.source=folder --config.data.path=DIR]
+
+Loss: mean squared reconstruction error + codebook loss + commitment (``commitment_cost``),
+with a straight-through estimator. Codes whose running usage falls below
+``restart_threshold / num_codes`` are restarted every ``restart_every`` steps from
+encoder outputs of the current global batch (one decision for all devices). Reports
+reconstruction PSNR, codebook usage and perplexity on held-out images, saves
+reconstruction grids as PNG, and exports ``<run_dir>/vqgan`` (LWM's pickle format)
+with ``vqgan_config.json``. A rerun with the same run_dir resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from PIL import Image
+
+from latent_pretraining.sharding import make_mesh, maybe_initialize_distributed
+from latent_pretraining.training import loop
+from latent_pretraining.training.checkpointing import Checkpointer
+from latent_pretraining.training.data import BatchStream
+from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.state import (
+    TrainState,
+    batch_sharding,
+    compile_step,
+    create_train_state,
+    global_batch,
+)
+from latent_pretraining.vqgan.images import augment, lapa_resize, to_model_range
+from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
+from latent_pretraining.vqgan.model import VQGAN
+from latent_pretraining.vqgan.sources import open_source
+
+
+def psnr(mse: jax.Array) -> jax.Array:
+    """PSNR of images in [-1, 1] (peak-to-peak 2)."""
+    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+
+
+def code_statistics(codes: jax.Array, num_codes: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Code frequencies, the fraction of codes used at least once, and the perplexity."""
+    counts = jnp.bincount(codes.reshape(-1), length=num_codes).astype(jnp.float32)
+    freq = counts / jnp.maximum(counts.sum(), 1.0)
+    entropy = -jnp.sum(jnp.where(freq > 0, freq * jnp.log(jnp.maximum(freq, 1e-12)), 0.0))
+    return freq, jnp.mean(counts > 0), jnp.exp(entropy)
+
+
+def make_step(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict
+):
+    num_codes = config.model.num_embeddings
+
+    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        images = batch["images"]
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["rest"])
+            z = model.pre_quant(images)
+            codes = model.nearest_codes(jax.lax.stop_gradient(z))
+            e = jnp.take(model.codebook[...], codes, axis=0)
+            z_q = z + jax.lax.stop_gradient(e - z)  # straight-through
+            recon = model.decoder(model.post_quant_conv(z_q)).astype(jnp.float32)
+            rec = jnp.mean((recon - images) ** 2)
+            codebook = jnp.mean((jax.lax.stop_gradient(z) - e) ** 2)
+            commit = jnp.mean((z - jax.lax.stop_gradient(e)) ** 2)
+            loss = rec + codebook + config.commitment_cost * commit
+            return loss, (rec, codebook, commit, codes, z)
+
+        (loss, (rec, codebook, commit, codes, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+
+        freq, used, perplexity = code_statistics(codes, num_codes)
+        usage = config.usage_decay * state["rest"]["code_usage"][...] + (1 - config.usage_decay) * freq
+        dead = usage < config.restart_threshold / num_codes
+        step_no = state["step"] + 1
+        rng, pick = jax.random.split(state["rng"])
+        if config.restart_every:
+            restart = dead & (step_no % config.restart_every == 0)
+            flat = z.reshape(-1, z.shape[-1])
+            candidates = flat[jax.random.randint(pick, (num_codes,), 0, flat.shape[0])]
+            params["codebook"][...] = jnp.where(
+                restart[:, None], candidates.astype(jnp.float32), params["codebook"][...]
+            )
+            usage = jnp.where(restart, 1.0 / num_codes, usage)
+        else:
+            restart = jnp.zeros_like(dead)
+        rest = jax.tree.map(lambda x: x, state["rest"])
+        rest["code_usage"][...] = usage
+        new_state = {"params": params, "rest": rest, "opt_state": opt_state, "step": step_no, "rng": rng}
+        metrics = {
+            "loss": loss,
+            "rec_mse": rec,
+            "codebook_loss": codebook,
+            "commit_loss": commit,
+            "psnr": psnr(rec),
+            "batch_code_usage": used,
+            "batch_perplexity": perplexity,
+            "dead_codes": jnp.sum(dead),
+            "restarts": jnp.sum(restart),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def image_batches(source, rows_total: int, config: ml_collections.ConfigDict, size: int) -> BatchStream:
+    per_host = config.batch_size // jax.process_count()
+
+    def make_batch(rows: np.ndarray, epoch: int, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([config.seed, epoch, index, jax.process_index()])
+        images = []
+        for r in rows:
+            image = lapa_resize(source[int(r)], size)
+            if config.data.augment:
+                image = augment(image, rng)
+            images.append(to_model_range(image))
+        return {"images": np.stack(images)}
+
+    return BatchStream(rows_total, per_host, make_batch, seed=config.seed)
+
+
+def save_grid(originals: np.ndarray, recons: np.ndarray, path: Path) -> None:
+    """Rows of (original, reconstruction) pairs as one PNG."""
+    to_uint8 = lambda x: np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
+    pairs = [
+        np.concatenate([to_uint8(o), to_uint8(r)], axis=1) for o, r in zip(originals, recons, strict=True)
+    ]
+    Image.fromarray(np.concatenate(pairs, axis=0)).save(path)
+
+
+def make_eval(
+    graphdef: nnx.GraphDef, holdout: np.ndarray, mesh, config: ml_collections.ConfigDict, run_dir: Path
+):
+    """Held-out PSNR with hard codes, codebook usage and perplexity; saves a reconstruction grid."""
+    num_codes = config.model.num_embeddings
+    n = len(holdout) - len(holdout) % mesh.size or len(holdout)
+    images = jax.device_put(holdout[:n], batch_sharding(mesh, 4, holdout[:n].shape))
+
+    @jax.jit
+    def evaluate(params, rest, images):
+        model = nnx.merge(graphdef, params, rest)
+        _, codes = model.encode(images)
+        recon = model.decode_codes(codes)
+        _, used, perplexity = code_statistics(codes, num_codes)
+        mse = jnp.mean((recon - images) ** 2, axis=(1, 2, 3))
+        return recon, jnp.mean(psnr(mse)), used, perplexity
+
+    def run(state: TrainState, step: int) -> dict[str, float]:
+        with jax.set_mesh(mesh):
+            recon, mean_psnr, used, perplexity = evaluate(state["params"], state["rest"], images)
+        if jax.process_index() == 0:
+            save_grid(holdout[:8], np.asarray(jax.device_get(recon))[:8], run_dir / f"recon_{step:07d}.png")
+        return {"psnr": float(mean_psnr), "code_usage": float(used), "perplexity": float(perplexity)}
+
+    return run
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, float]:
+    maybe_initialize_distributed()
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json(indent=2))
+    mesh = make_mesh(config.mesh)
+    size = config.model.resolution
+    source = open_source(config.data.source, config.data.path, config.data.limit, size, config.seed)
+    if len(source) <= config.data.holdout:
+        raise ValueError(
+            f"{len(source)} images leave none for training after holding out {config.data.holdout}"
+        )
+    holdout_rows = np.random.default_rng(config.seed).permutation(len(source))[: config.data.holdout]
+    holdout = np.stack([to_model_range(lapa_resize(source[int(i)], size)) for i in holdout_rows])
+    train_rows = np.setdiff1d(np.arange(len(source)), holdout_rows)
+
+    class TrainRows:  # the source without the held-out images
+        def __len__(self):
+            return len(train_rows)
+
+        def __getitem__(self, i):
+            return source[int(train_rows[i])]
+
+    data = image_batches(TrainRows(), len(train_rows), config, size)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, max(config.total_steps, config.warmup_steps + 1)
+    )
+    optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    graphdef, state, shardings = create_train_state(
+        lambda rngs: VQGAN(config.model, rngs=rngs), optimizer, mesh, config.seed
+    )
+    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints, save_every=config.save_every)
+    state, start = loop.resume(checkpointer, state, data)
+    logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+    example = global_batch(data.peek(), mesh)
+    step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
+    settings = loop.LoopSettings(
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        eval_every=config.eval_every,
+        desc="vqgan",
+        items_name="images",
+    )
+    state, last = loop.run(
+        settings,
+        step_fn,
+        state,
+        data,
+        mesh,
+        checkpointer,
+        logger,
+        make_eval(graphdef, holdout, mesh, config, run_dir),
+        start,
+    )
+    model = nnx.merge(graphdef, state["params"], state["rest"])
+    if jax.process_index() == 0:
+        save_lwm_vqgan(model, run_dir / "vqgan")
+        (run_dir / "vqgan_config.json").write_text(config.model.to_json(indent=2))
+        (run_dir / "summary.json").write_text(json.dumps(last, indent=2))
+        print(f"exported {run_dir / 'vqgan'} (LWM pickle) and {run_dir / 'vqgan_config.json'}")
+    checkpointer.close()
+    logger.close()
+    data.close()
+    return last
+
+
+def main(argv: list[str]) -> None:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config_flags.DEFINE_config_file(
+        "config", "latent_pretraining/configs/vqgan.py:small", "VQGAN training config."
+    )
+
+    def run(_):
+        train(flags.FLAGS.config)
+
+    app.run(run, argv=argv)
