@@ -34,6 +34,7 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     c.eval_every = 500
     c.save_every = 500
     c.keep_checkpoints = 2
+    c.async_checkpoints = True
     c.run_dir = "runs/vqgan"
     c.mesh = "-1,1,1,1"
     c.seed = 0

@@ -202,7 +202,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     graphdef, state, shardings = create_train_state(
         lambda rngs: VQGAN(config.model, rngs=rngs), optimizer, mesh, config.seed
     )
-    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints, save_every=config.save_every)
+    checkpointer = Checkpointer(
+        run_dir,
+        keep=config.keep_checkpoints,
+        save_every=config.save_every,
+        async_save=config.async_checkpoints,
+    )
     state, start = loop.resume(checkpointer, state, data)
     logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
     example = global_batch(data.peek(), mesh)
