@@ -6,6 +6,7 @@ Layout of DIR (written under a temporary name and renamed when complete, so a ru
 that dies never leaves a dataset that looks finished):
 
     videos/index.json            one entry per episode: id, task, instruction, success, frames
+    videos/frames.jsonl          one row per frame: id, episode_id, t, image (absolute path), instruction
     videos/<episode_id>/000.png  frames (unlabeled videos: for the latent action model)
     rlds/tabletop/1.0.0/         the same episodes as an RLDS/TFDS dataset (TFRecords)
     finetune.json                LAPA's finetune JSON (one row per step of successful episodes)
@@ -133,11 +134,25 @@ def make_dataset(
             bar = tqdm(
                 episodes(config, num_episodes, seed, tasks, noise), total=num_episodes, desc="episodes"
             )
+            (tmp / "videos").mkdir()
+            frames_jsonl = open(tmp / "videos" / "frames.jsonl", "w")  # noqa: SIM115 (closed below)
             for episode in bar:
                 ep_dir = tmp / "videos" / episode["episode_id"]
                 ep_dir.mkdir(parents=True)
                 for t, frame in enumerate(episode["frames"]):
                     Image.fromarray(frame).save(ep_dir / f"{t:03d}.png")
+                    frames_jsonl.write(
+                        json.dumps(
+                            {
+                                "id": f"{episode['episode_id']}_{t:03d}",
+                                "episode_id": episode["episode_id"],
+                                "t": t,
+                                "image": str(out / "videos" / episode["episode_id"] / f"{t:03d}.png"),
+                                "instruction": episode["instruction"],
+                            }
+                        )
+                        + "\n"
+                    )
                 frames_total += len(episode["frames"])
                 successes += episode["success"]
                 index.append(
@@ -146,6 +161,7 @@ def make_dataset(
                 )
                 if "finetune" in formats and episode["success"]:
                     rows.extend(finetune_rows(episode, out / "videos" / episode["episode_id"]))
+            frames_jsonl.close()
             (tmp / "videos" / "index.json").write_text(
                 json.dumps(
                     {

@@ -47,6 +47,17 @@ def test_video_folders_hold_the_simulated_frames(dataset):
             np.testing.assert_array_equal(frame, episode["frames"][t])
 
 
+def test_frames_jsonl_lists_every_frame_in_order(dataset):
+    out, _, expected = dataset
+    rows = [json.loads(line) for line in (out / "videos" / "frames.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(len(e["frames"]) for e in expected)
+    first = expected[1]
+    mine = [r for r in rows if r["episode_id"] == first["episode_id"]]
+    assert [r["t"] for r in mine] == list(range(len(first["frames"])))
+    assert mine[0]["instruction"] == first["instruction"]
+    np.testing.assert_array_equal(np.asarray(Image.open(mine[-1]["image"])), first["frames"][-1])
+
+
 def test_rlds_loads_with_tensorflow_datasets(dataset):
     import tensorflow_datasets as tfds
 

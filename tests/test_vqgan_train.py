@@ -121,3 +121,22 @@ def test_dead_codes_restart_from_encoder_outputs_of_the_batch(eight_devices):
         assert np.abs(z - after[code]).sum(axis=1).min() < 1e-5  # each new code is one of the batch's vectors
     usage = np.asarray(new_state["rest"]["code_usage"][...])
     assert np.allclose(usage[restarted], 1.0 / 64)
+
+
+def test_image_sources_folder_rlds_and_tabletop(tmp_path):
+    from data.make_tabletop import make_dataset
+    from latent_pretraining.vqgan.sources import open_source
+    from sim.env import EnvConfig
+
+    make_dataset(tmp_path / "tt", 3, EnvConfig(image_size=32), formats=("videos", "rlds"))
+    folder = open_source("folder", str(tmp_path / "tt" / "videos"), 0, 32, 0)
+    rlds = open_source("rlds", str(tmp_path / "tt" / "rlds" / "tabletop" / "1.0.0"), 0, 32, 0)
+    assert len(folder) == len(rlds) > 10  # the same frames, as PNG files and as TFRecords
+    assert folder[0].shape == rlds[0].shape == (32, 32, 3) and folder[0].dtype == np.uint8
+    assert {rlds[i].tobytes() for i in range(len(rlds))} == {folder[i].tobytes() for i in range(len(folder))}
+    generated = open_source("tabletop", "", 50, 32, 0)
+    assert len(generated) == 50 and generated[49].shape == (32, 32, 3)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_source("folder", str(tmp_path / "nowhere"), 0, 32, 0)
+    with pytest.raises(ValueError, match="unknown image source"):
+        open_source("video", "", 0, 32, 0)
