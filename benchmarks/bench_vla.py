@@ -38,6 +38,7 @@ from latent_pretraining.sharding import (
     make_mesh,
     maybe_initialize_distributed,
 )
+from latent_pretraining.training.state import memory_report
 
 config_flags.DEFINE_config_file("config", "latent_pretraining/configs/vla.py:debug", "VLA config and preset.")
 flags.DEFINE_integer("batch", 8, "Global training batch size.")
@@ -93,25 +94,6 @@ def synthetic_tokens(cfg, batch: int, length: int, seed: int) -> tuple[np.ndarra
     return ids, np.broadcast_to(modality, (batch, length)).astype(np.int32)
 
 
-def memory_line(compiled) -> dict:
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # backends without the analysis
-        return {}
-    if mem is None:
-        return {}
-    return {
-        k: int(getattr(mem, k))
-        for k in (
-            "argument_size_in_bytes",
-            "output_size_in_bytes",
-            "temp_size_in_bytes",
-            "generated_code_size_in_bytes",
-        )
-        if hasattr(mem, k)
-    }
-
-
 def peak_device_bytes() -> int | None:
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("peak_bytes_in_use")
@@ -150,7 +132,7 @@ def bench_train(cfg, mesh, model) -> dict:
         t0 = time.perf_counter()
         compiled = jitted.lower(params, opt_state, ids, modality).compile()
         compile_s = time.perf_counter() - t0
-        memory = memory_line(compiled)
+        memory = memory_report(compiled)
         print("memory report before step 0:", json.dumps(memory))
         params, opt_state, loss = compiled(params, opt_state, ids, modality)
         float(loss)
