@@ -1,0 +1,80 @@
+"""VLA training runs: ``--config=latent_pretraining/configs/lapa.py:<preset>``.
+
+Presets: ``latent_pretrain`` and ``finetune`` (LAPA's 7B jobs), ``debug_latent`` and
+``debug_finetune`` (the debug model, CPU). Any field is overridden on the command line,
+e.g. ``--config.data.train=/data/train.jsonl --config.optimizer.learning_rate=1e-4``.
+"""
+
+import ml_collections
+
+from latent_pretraining.config import get_model_config
+
+
+def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    debug = preset.startswith("debug")
+    c.model = get_model_config("debug" if debug else "7b")
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = ""  # JSONL path(s), comma-separated
+    c.data.eval = ""  # held-out JSONL path(s), comma-separated (optional)
+    c.data.tokenizer = ""  # LLaMA SentencePiece tokenizer.model
+    c.data.max_length = 384  # input tokens per row
+    c.data.packing = False  # several examples per row, isolated by segment ids
+    c.data.tokens_per_frame = 256
+    c.data.skip_invalid = False
+    c.data.vqgan_checkpoint = ""  # encodes rows that have an image but no vision tokens
+    c.data.vqgan_config = ""  # preset or JSON (default: vqgan_config.json beside the checkpoint)
+    c.data.image_augment = False
+    c.data.action_bins = ""  # bins CSV: evaluation reports action MAE in the data's units
+
+    c.loss = ml_collections.ConfigDict()  # per-modality weights of the next-token losses
+    c.loss.text, c.loss.vision, c.loss.latent, c.loss.action = 0.01, 0.0, 0.99, 0.0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.end_learning_rate = 0.0
+    c.optimizer.schedule = "cosine"  # cosine | constant
+    c.optimizer.warmup_steps = 100
+    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.95
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.clip_gradient = 1.0
+    c.optimizer.accumulate_steps = 1  # gradient accumulation: an update every N micro-batches
+    c.optimizer.frozen = ""  # comma-separated regexes over parameter paths, e.g. "layers/.*,text_.*"
+
+    c.init = ""  # "" (from scratch) | "params::<LAPA/LWM file>" | "<run_dir>" of this trainer
+    c.batch_size = 128  # global rows per micro-batch
+    c.total_steps = 20000
+    c.log_every = 10
+    c.eval_every = 1000
+    c.eval_batches = 10
+    c.save_every = 1000
+    c.keep_checkpoints = 2
+    c.async_checkpoints = True
+    c.export_params = ""  # write final params in LAPA's streaming format here (bf16)
+    c.run_dir = "runs/lapa"
+    c.mesh = "1,-1,1,1"
+    c.seed = 0
+    c.wandb_project = ""
+
+    if preset in ("finetune", "debug_finetune"):
+        c.loss.text, c.loss.latent, c.loss.action = 0.0, 0.0, 1.0
+        c.optimizer.learning_rate = 2e-5 if not debug else 1e-3
+    if debug:
+        c.data.max_length = 128
+        c.data.tokens_per_frame = 16
+        c.batch_size = 8
+        c.total_steps = 100
+        c.optimizer.learning_rate = 1e-3
+        c.optimizer.warmup_steps = 10
+        c.log_every = 10
+        c.eval_every = 50
+        c.eval_batches = 2
+        c.save_every = 50
+        c.run_dir = "runs/lapa_debug"
+    elif preset not in ("latent_pretrain", "finetune"):
+        raise ValueError(
+            f"unknown preset {preset!r}; choose latent_pretrain, finetune, debug_latent, debug_finetune"
+        )
+    return c

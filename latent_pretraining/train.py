@@ -1,0 +1,323 @@
+"""Trains the VLA (latent pretraining or action finetuning) on the shared training infrastructure.
+
+    python -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:latent_pretrain \\
+        --config.data.train=data/latent.jsonl --config.data.tokenizer=tokenizer.model \\
+        --config.init=params::lapa_checkpoints/params --config.run_dir=runs/lapa
+
+Next-token cross entropy in float32 per modality, weighted by ``config.loss``; a target
+counts for the head of its own vocabulary only (LAPA trained its text head on latent
+positions). Rerunning a command resumes its run directory from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from latent_pretraining.action_bins import ActionBins
+from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
+from latent_pretraining.model import VOCABS, Modality, VLAModel
+from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTokenizer
+from latent_pretraining.sharding import make_mesh, maybe_initialize_distributed
+from latent_pretraining.training import loop
+from latent_pretraining.training.checkpointing import Checkpointer
+from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.state import (
+    TrainState,
+    abstract_state,
+    compile_step,
+    create_train_state,
+    global_batch,
+)
+from latent_pretraining.vla_data import batch_stream, load_examples, vqgan_encoder
+
+
+def _path_name(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with warmup then cosine/constant, global-norm clipping, no decay on norms,
+    optional frozen parameter groups and gradient accumulation."""
+    o = config.optimizer
+    updates = max(config.total_steps // o.accumulate_steps, o.warmup_steps + 1)
+    if o.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, o.learning_rate, o.warmup_steps, updates, o.end_learning_rate
+        )
+    elif o.schedule == "constant":
+        schedule = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
+                optax.constant_schedule(o.learning_rate),
+            ],
+            [o.warmup_steps],
+        )
+    else:
+        raise ValueError(f"optimizer.schedule {o.schedule!r} is not 'cosine' or 'constant'")
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.clip_gradient) if o.clip_gradient > 0 else optax.identity(),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+    )
+    patterns = [re.compile(p.strip()) for p in o.frozen.split(",") if p.strip()]
+    if patterns:
+
+        def labels(params):
+            flat = nnx.to_flat_state(params)
+            names = {
+                path: ("frozen" if any(p.fullmatch(_path_name(path)) for p in patterns) else "train")
+                for path, _ in flat
+            }
+            return nnx.from_flat_state([(path, var.replace(names[path])) for path, var in flat])
+
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if o.accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=o.accumulate_steps)
+    return tx, schedule
+
+
+def token_losses(model: VLAModel, batch: dict[str, jax.Array], weights: dict[str, float]):
+    """Per-head mean cross entropy and accuracy over the targets of that head's vocabulary."""
+    heads = tuple(h for h in VOCABS if weights[h] > 0)
+    logits = model(batch["inputs"], batch["modality"], batch["positions"], batch["segment_ids"], heads=heads)
+    total, metrics, predictions = 0.0, {}, {}
+    for head in heads:
+        mask = (batch["target_modality"] == Modality[head.upper()]) & (batch["segment_ids"] > 0)
+        w = batch["target_weight"] * mask
+        targets = jnp.where(mask, batch["targets"], 0)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits[head].astype(jnp.float32), targets)
+        count = jnp.maximum(jnp.sum(w), 1.0)
+        predicted = jnp.argmax(logits[head], axis=-1)
+        metrics[f"loss_{head}"] = jnp.sum(ce * w) / count
+        metrics[f"accuracy_{head}"] = jnp.sum((predicted == targets) * w) / count
+        metrics[f"tokens_{head}"] = jnp.sum(w)
+        total = total + weights[head] * metrics[f"loss_{head}"]
+        predictions[head] = predicted
+    return total, metrics, predictions
+
+
+def make_step(graphdef, optimizer, schedule, config):
+    weights = {h: float(config.loss[h]) for h in VOCABS}
+
+    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        def loss_fn(params):
+            total, metrics, _ = token_losses(nnx.merge(graphdef, params, state["rest"]), batch, weights)
+            return total, metrics
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        update_count = (state["step"] + 1) // config.optimizer.accumulate_steps
+        metrics.update(
+            loss=loss,
+            learning_rate=schedule(update_count),
+            grad_norm=optax.global_norm(grads),
+            param_norm=optax.global_norm(params),
+        )
+        return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return step
+
+
+def make_eval(graphdef, data, rows, mesh, config, bins: ActionBins | None):
+    """Token accuracy and loss per head on held-out batches; action MAE through the bins."""
+    weights = {h: float(config.loss[h]) for h in VOCABS}
+    if bins is not None and not weights["action"]:
+        weights["action"] = 1e-9  # score the action head for the MAE even when it has no loss
+
+    @jax.jit
+    def evaluate(params, rest, batch):
+        _, metrics, predictions = token_losses(nnx.merge(graphdef, params, rest), batch, weights)
+        return metrics, predictions.get("action")
+
+    def run(state: TrainState, step: int) -> dict[str, float]:
+        data.restore({**data.state(), "epoch": 0, "index": 0})
+        sums: dict[str, float] = {}
+        errors = []
+        for _ in range(min(config.eval_batches, data.batches_per_epoch)):
+            local = next(data)
+            example = local.pop("example")
+            with jax.set_mesh(mesh):
+                metrics, actions = evaluate(state["params"], state["rest"], global_batch(local, mesh))
+            metrics = jax.device_get(metrics)
+            for head in VOCABS:
+                if f"tokens_{head}" in metrics:
+                    n = float(metrics[f"tokens_{head}"])
+                    for k in ("loss", "accuracy"):
+                        sums[f"{k}_{head}"] = sums.get(f"{k}_{head}", 0.0) + float(metrics[f"{k}_{head}"]) * n
+                    sums[f"tokens_{head}"] = sums.get(f"tokens_{head}", 0.0) + n
+            if bins is not None and actions is not None:
+                errors.extend(_action_errors(np.asarray(jax.device_get(actions)), local, example, rows, bins))
+        out = {}
+        for head in VOCABS:
+            n = sums.get(f"tokens_{head}", 0.0)
+            if n:
+                out[f"loss_{head}"] = sums[f"loss_{head}"] / n
+                out[f"accuracy_{head}"] = sums[f"accuracy_{head}"] / n
+        if errors:
+            per_dim = np.mean(np.abs(np.stack(errors)), axis=0)
+            out["action_mae"] = float(per_dim.mean())
+            out.update({f"action_mae_{d}": float(v) for d, v in enumerate(per_dim)})
+        return out
+
+    return run
+
+
+def _action_errors(predicted, local, example, rows, bins):
+    """Decoded (teacher-forced) predicted action minus the row's raw action, per row."""
+    out = []
+    is_action = (local["target_modality"] == Modality.ACTION) & (local["segment_ids"] > 0)
+    for r in range(len(example)):
+        ids = predicted[r][is_action[r]]
+        raw = rows[int(example[r])].get("raw_actions")
+        if raw is None or len(ids) != len(bins.centres):
+            continue
+        out.append(bins.decode(np.clip(ids, 0, None)[None])[0] - np.asarray(raw, np.float64))
+    return out
+
+
+def _initialise(state: TrainState, config, mesh) -> TrainState:
+    if not config.init:
+        return state
+    if config.init.startswith("params::"):
+        model = load_lapa_params(config.init, config.model, mesh=mesh, seed=config.seed)
+        return {**state, "params": nnx.state(model, nnx.Param)}
+    restored = Checkpointer(config.init).restore(abstract_state(state))
+    if restored is None:
+        raise FileNotFoundError(f"init={config.init!r}: no checkpoint of this trainer there")
+    print(f"initialised parameters from {config.init}", flush=True)
+    return {**state, "params": restored[0]["params"]}
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, float]:
+    maybe_initialize_distributed()
+    if not config.data.train or not config.data.tokenizer:
+        raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json(indent=2))
+    mesh = make_mesh(config.mesh)
+    m = config.model
+    tokenizer = TextTokenizer(config.data.tokenizer)
+    if tokenizer.vocab_size > m.text_vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but model.text_vocab_size is {m.text_vocab_size}"
+        )
+    builder = SequenceBuilder(
+        tokenizer,
+        SequenceConfig(
+            tokens_per_frame=config.data.tokens_per_frame,
+            vocab_sizes=(m.text_vocab_size, m.vision_vocab_size, m.latent_vocab_size, m.action_vocab_size),
+        ),
+    )
+    encoder = None
+    if config.data.vqgan_checkpoint:
+        encoder = vqgan_encoder(
+            config.data.vqgan_checkpoint,
+            config.data.vqgan_config or None,
+            config.data.image_augment,
+            config.seed,
+        )
+    per_host = config.batch_size // jax.process_count()
+    train_data = load_examples(
+        config.data.train.split(","), builder, config.data.max_length, config.data.skip_invalid, encoder
+    )
+    data = batch_stream(train_data, per_host, config.data.max_length, config.data.packing, config.seed)
+    print(
+        f"train: {len(train_data.examples)} examples ({len(train_data.skipped)} skipped), "
+        f"{data.batches_per_epoch} batches/epoch/host",
+        flush=True,
+    )
+
+    optimizer, schedule = build_optimizer(config)
+    graphdef, state, shardings = create_train_state(
+        lambda rngs: VLAModel(m, rngs=rngs), optimizer, mesh, config.seed
+    )
+    checkpointer = Checkpointer(
+        run_dir,
+        keep=config.keep_checkpoints,
+        save_every=config.save_every,
+        async_save=config.async_checkpoints,
+    )
+    if checkpointer.latest_step() is None:
+        state = _initialise(state, config, mesh)
+    state, start = loop.resume(checkpointer, state, data)
+    eval_fn = None
+    if config.data.eval:
+        eval_data = load_examples(
+            config.data.eval.split(","), builder, config.data.max_length, config.data.skip_invalid, encoder
+        )
+        eval_stream = batch_stream(eval_data, per_host, config.data.max_length, False, config.seed)
+        bins = ActionBins.from_csv(config.data.action_bins) if config.data.action_bins else None
+        eval_fn = make_eval(graphdef, eval_stream, eval_data.rows, mesh, config, bins)
+    logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+    example = {k: v for k, v in data.peek().items() if k != "example"}
+    step_fn = compile_step(
+        make_step(graphdef, optimizer, schedule, config), state, global_batch(example, mesh), shardings, mesh
+    )
+    data_without_ids = _DropKey(data, "example")
+    settings = loop.LoopSettings(
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        eval_every=config.eval_every,
+        desc="lapa",
+        items_per_example=config.data.max_length,
+        items_name="tokens",
+    )
+    state, last = loop.run(
+        settings, step_fn, state, data_without_ids, mesh, checkpointer, logger, eval_fn, start
+    )
+    if config.export_params:
+        save_lapa_params(nnx.merge(graphdef, state["params"], state["rest"]), config.export_params, "bf16")
+        print(f"exported {config.export_params} (LAPA params::, bf16)", flush=True)
+    if jax.process_index() == 0:
+        (run_dir / "summary.json").write_text(json.dumps(last, indent=2))
+    checkpointer.close()
+    logger.close()
+    data.close()
+    return last
+
+
+class _DropKey:
+    """A batch stream view without one key (bookkeeping fields stay on the host)."""
+
+    def __init__(self, stream, key: str):
+        self.stream, self.key = stream, key
+
+    def __next__(self):
+        batch = next(self.stream)
+        batch.pop(self.key, None)
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def main() -> None:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", "latent_pretraining/configs/lapa.py:debug_latent", "VLA training config."
+    )
+    logging.set_verbosity(logging.WARNING)
+
+    def run(_) -> None:  # absl treats a return value as the exit status
+        train(flags.FLAGS.config)
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""JSONL training data for the VLA: validated examples, padded or packed rows, per-host batches.
+
+Reads LAPA's latent-pretraining rows (``vision``, ``delta``, ``instruction``, ``fields``)
+and finetune rows (``vision`` and/or ``image``, ``action``, ``instruction``, ``fields``).
+Rows without ``vision`` tokens are encoded by a VQGAN on the fly (with the training
+augmentation when asked). A bad row raises an error naming the file and line, or is
+skipped and counted with ``skip_invalid``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latent_pretraining.sequences import Example, RowError, SequenceBuilder
+from latent_pretraining.training.data import BatchStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LoadedData:
+    examples: list[Example]
+    rows: list[dict[str, Any]]  # the source rows (for evaluation: raw actions, ids)
+    skipped: list[str]  # "file:line: reason" of rows left out
+
+
+def load_examples(
+    paths: Sequence[str | os.PathLike],
+    builder: SequenceBuilder,
+    max_length: int,
+    skip_invalid: bool = False,
+    vision_encoder: Callable[[list[dict[str, Any]], list[str]], list[list[int]]] | None = None,
+) -> LoadedData:
+    """Reads, validates and tokenises every row; errors name ``file:line``."""
+    examples, rows, skipped = [], [], []
+    pending: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        with open(path) as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    if not skip_invalid:
+                        raise RowError(f"{where}: invalid JSON: {e}") from None
+                    skipped.append(f"{where}: invalid JSON")
+                    continue
+                pending.append((where, row))
+    if vision_encoder is not None:
+        need = [(w, r) for w, r in pending if _needs_vision(r)]
+        if need:
+            codes = vision_encoder([r for _, r in need], [w for w, _ in need])
+            for (_, row), row_codes in zip(need, codes, strict=True):
+                row["vision"] = row_codes
+    for where, row in pending:
+        try:
+            example = builder(row)
+            if len(example) - 1 > max_length:
+                raise RowError(f"{len(example)} tokens do not fit max_length {max_length} (+1 for the shift)")
+        except RowError as e:
+            if not skip_invalid:
+                raise RowError(f"{where}: {e}") from None
+            skipped.append(f"{where}: {e}")
+            continue
+        examples.append(example)
+        rows.append(row)
+    if skipped:
+        log.warning("skipped %d invalid rows, e.g. %s", len(skipped), skipped[0])
+    if not examples:
+        raise RowError(f"no usable rows in {', '.join(map(str, paths))}")
+    return LoadedData(examples, rows, skipped)
+
+
+def _needs_vision(row: dict[str, Any]) -> bool:
+    return "vision" not in row and "vision" in str(row.get("fields", "")) and "image" in row
+
+
+def pack(lengths: Sequence[int], max_length: int, seed: int) -> list[list[int]]:
+    """Greedy first-fit packing of examples (in a seeded order) into rows of ``max_length``
+    input tokens (an example of n tokens takes n - 1 inputs)."""
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    rows: list[list[int]] = []
+    space: list[int] = []
+    for i in order:
+        need = lengths[i] - 1
+        for r, free in enumerate(space):
+            if free >= need:
+                rows[r].append(int(i))
+                space[r] -= need
+                break
+        else:
+            rows.append([int(i)])
+            space.append(max_length - need)
+    return rows
+
+
+def make_rows(examples: list[Example], max_length: int, packing: bool, seed: int) -> list[list[int]]:
+    if not packing:
+        return [[i] for i in range(len(examples))]
+    return pack([len(e) for e in examples], max_length, seed)
+
+
+def collate(examples: Sequence[Sequence[Example]], max_length: int) -> dict[str, np.ndarray]:
+    """Rows of (possibly packed) examples -> arrays [B, max_length].
+
+    ``inputs``/``modality`` feed the model; ``targets``/``target_modality``/``target_weight``
+    are the next tokens and their loss weights; ``segment_ids`` (0 = padding) and
+    ``positions`` restart for every packed example.
+    """
+    b = len(examples)
+    out = {
+        k: np.zeros((b, max_length), np.int32)
+        for k in ("inputs", "modality", "targets", "target_modality", "segment_ids", "positions")
+    }
+    out["target_weight"] = np.zeros((b, max_length), np.float32)
+    for r, row in enumerate(examples):
+        start = 0
+        for segment, ex in enumerate(row, start=1):
+            n = len(ex) - 1
+            sl = slice(start, start + n)
+            out["inputs"][r, sl] = ex.ids[:-1]
+            out["modality"][r, sl] = ex.modality[:-1]
+            out["targets"][r, sl] = ex.ids[1:]
+            out["target_modality"][r, sl] = ex.modality[1:]
+            out["target_weight"][r, sl] = ex.loss_mask[1:]
+            out["segment_ids"][r, sl] = segment
+            out["positions"][r, sl] = np.arange(n)
+            start += n
+    return out
+
+
+def batch_stream(data: LoadedData, batch_size: int, max_length: int, packing: bool, seed: int) -> BatchStream:
+    """Per-host, shuffled, resumable batches of ``batch_size`` rows (this host's share)."""
+    rows = make_rows(data.examples, max_length, packing, seed)
+
+    def make_batch(indices: np.ndarray, epoch: int, index: int) -> dict[str, np.ndarray]:
+        batch = collate([[data.examples[i] for i in rows[int(j)]] for j in indices], max_length)
+        # index of each row's first example in ``data.rows`` (host-side bookkeeping for evaluation)
+        batch["example"] = np.asarray([rows[int(j)][0] for j in indices], np.int32)
+        return batch
+
+    return BatchStream(len(rows), batch_size, make_batch, seed=seed)
+
+
+def vqgan_encoder(
+    checkpoint: str | os.PathLike,
+    config: str | None,
+    augment: bool,
+    seed: int,
+    image_root: str | os.PathLike | None = None,
+) -> Callable[[list[dict], list[str]], list[list[int]]]:
+    """Encodes rows' ``image`` files with a VQGAN; with ``augment`` each row gets one draw of
+    the training augmentation when the data are loaded."""
+    from latent_pretraining.vqgan.encode import Encoder, load_model
+    from latent_pretraining.vqgan.images import load_image, preprocess
+
+    model = load_model(Path(checkpoint), config)
+    encoder = Encoder(model, batch_size=32)
+    rng = np.random.default_rng(seed)
+
+    def encode(rows: list[dict], labels: list[str]) -> list[list[int]]:
+        images = []
+        for row, where in zip(rows, labels, strict=True):
+            path = Path(row["image"])
+            if image_root is not None and not path.is_absolute():
+                path = Path(image_root) / path
+            try:
+                image = load_image(path)
+            except Exception as e:
+                raise RowError(f"{where}: cannot read image {path}: {e}") from e
+            images.append(preprocess(image, encoder.resolution, train=augment, rng=rng))
+        codes: list[list[int]] = []
+        for start in range(0, len(images), encoder.batch_size):
+            codes.extend(c.tolist() for c in encoder(np.stack(images[start : start + encoder.batch_size])))
+        return codes
+
+    return encode
