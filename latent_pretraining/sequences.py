@@ -129,6 +129,11 @@ class SequenceBuilder:
         return Example(np.asarray(ids, np.int32), np.asarray(mods, np.int32), np.asarray(loss, np.float32))
 
     def _vision(self, row: dict[str, Any], name: str) -> list[int]:
+        if self.config.vocab_sizes[Modality.VISION] <= END_OF_VISION:
+            raise RowError(
+                f"field {name!r}: the vision vocabulary ({self.config.vocab_sizes[Modality.VISION]}) "
+                f"has no end-of-vision id {END_OF_VISION}"
+            )
         tokens = self._codes(row, name, None, Modality.VISION)
         per = self.config.tokens_per_frame
         if not tokens or len(tokens) % per:

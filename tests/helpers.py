@@ -57,3 +57,62 @@ def lapa_modality(fixture, prefix: str) -> np.ndarray:
         if path.exists():
             modality = np.where(np.load(path), int(mod), modality)
     return modality
+
+
+INSTRUCTION = (
+    "<s> You are a helpful assistant. USER: What action should the robot take to `push the cube` ASSISTANT:"
+)
+
+
+def write_latent_jsonl(path, n: int, seed: int = 0, tokens_per_frame: int = 16) -> None:
+    """Latent-pretraining rows whose 4 codes are read off image-token positions (learnable)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            vision = rng.integers(0, 8, tokens_per_frame)
+            delta = [str(int(x)) for x in vision[[1, 6, 11, 12]]]
+            f.write(
+                json.dumps(
+                    {
+                        "image": f"frame_{i}.png",
+                        "vision": vision.tolist(),
+                        "instruction": INSTRUCTION,
+                        "delta": delta,
+                        "fields": "[instruction],[vision],delta",
+                    }
+                )
+                + "\n"
+            )
+
+
+def write_instruction_action_jsonl(path, n: int, seed: int = 0, bins: int = 32) -> None:
+    """Finetune rows without images: each of four instructions has its own action bins."""
+    import json
+
+    tasks = ["pick up the red cube", "push the green triangle", "put it on the blue ball", "to the left"]
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            k = int(rng.integers(len(tasks)))
+            action = [(k * 7 + d * 3) % bins for d in range(7)]
+            raw = [(a + 0.5) / bins for a in action]
+            f.write(
+                json.dumps(
+                    {
+                        "id": i,
+                        "instruction": tasks[k],
+                        "action": action,
+                        "raw_actions": raw,
+                        "fields": "[instruction],action",
+                    }
+                )
+                + "\n"
+            )
+
+
+def uniform_bins_csv(path, bins: int = 32, dims: int = 7) -> None:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    lines = [",".join(str(i) for i in range(bins + 1))] + [",".join(repr(float(e)) for e in edges)] * dims
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,76 @@
+"""VLA JSONL data: shifts, padding, packing, and errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import write_latent_jsonl
+
+from latent_pretraining.sequences import RowError, SequenceBuilder, SequenceConfig, TextTokenizer
+from latent_pretraining.vla_data import batch_stream, collate, load_examples, pack
+
+CONFIG = SequenceConfig(tokens_per_frame=16, vocab_sizes=(1024, 8448, 8, 256))
+
+
+@pytest.fixture(scope="module")
+def builder(sp_model):
+    return SequenceBuilder(TextTokenizer(sp_model), CONFIG)
+
+
+def test_collate_shifts_and_pads(builder, tmp_path):
+    write_latent_jsonl(tmp_path / "d.jsonl", 2)
+    data = load_examples([tmp_path / "d.jsonl"], builder, 96)
+    ex = data.examples[0]
+    n = len(ex) - 1
+    batch = collate([[ex]], 96)
+    np.testing.assert_array_equal(batch["inputs"][0, :n], ex.ids[:-1])
+    np.testing.assert_array_equal(batch["targets"][0, :n], ex.ids[1:])
+    np.testing.assert_array_equal(batch["target_modality"][0, :n], ex.modality[1:])
+    np.testing.assert_array_equal(batch["target_weight"][0, :n], ex.loss_mask[1:])
+    assert (batch["segment_ids"][0, :n] == 1).all() and (batch["segment_ids"][0, n:] == 0).all()
+    assert (batch["target_weight"][0, n:] == 0).all()
+    np.testing.assert_array_equal(batch["positions"][0, :n], np.arange(n))
+
+
+def test_packing_isolates_examples(builder, tmp_path):
+    write_latent_jsonl(tmp_path / "d.jsonl", 6)
+    data = load_examples([tmp_path / "d.jsonl"], builder, 200)
+    lengths = [len(e) for e in data.examples]
+    rows = pack(lengths, 200, seed=0)
+    assert sorted(i for row in rows for i in row) == list(range(6))
+    assert all(sum(lengths[i] - 1 for i in row) <= 200 for row in rows) and len(rows) < 6
+    batch = collate([[data.examples[i] for i in rows[0]]], 200)
+    segments = batch["segment_ids"][0]
+    assert segments.max() == len(rows[0])
+    second = segments == 2
+    np.testing.assert_array_equal(batch["positions"][0][second], np.arange(second.sum()))  # restart
+    stream = batch_stream(data, 1, 200, packing=True, seed=0)
+    assert stream.num_rows == len(rows)
+
+
+def test_errors_name_the_file_and_line(builder, tmp_path):
+    write_latent_jsonl(tmp_path / "d.jsonl", 4)
+    lines = (tmp_path / "d.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["delta"] = ["1", "2", "9", "3"]
+    lines[2] = json.dumps(bad)
+    lines[1] = "{not json"
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RowError, match=r"d.jsonl:2: invalid JSON"):
+        load_examples([tmp_path / "d.jsonl"], builder, 96)
+    lines[1] = lines[0]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RowError, match=r"d.jsonl:3: field 'delta': id 9 is outside the latent vocabulary"):
+        load_examples([tmp_path / "d.jsonl"], builder, 96)
+    lines[1] = "{not json"
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    data = load_examples([tmp_path / "d.jsonl"], builder, 96, skip_invalid=True)
+    assert len(data.examples) == 2 and len(data.skipped) == 2
+    assert (
+        data.skipped[0].endswith("d.jsonl:2: invalid JSON") and "d.jsonl:3: field 'delta'" in data.skipped[1]
+    )
+    write_latent_jsonl(tmp_path / "ok.jsonl", 1)
+    with pytest.raises(RowError, match=r"ok.jsonl:1: \d+ tokens do not fit max_length 20"):
+        load_examples([tmp_path / "ok.jsonl"], builder, 20)

@@ -1,0 +1,140 @@
+"""The VLA trainer: learning, 8-device equivalence, kill-and-resume, finetuning from LAPA's checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import msgpack
+import pytest
+from conftest import SHARED_FIXTURES
+from helpers import uniform_bins_csv, write_instruction_action_jsonl, write_latent_jsonl
+
+from latent_pretraining import train as vla_train
+from latent_pretraining.config import from_lapa_config
+from latent_pretraining.configs.lapa import get_config
+from latent_pretraining.lapa_checkpoint import encode_array, iter_records
+from latent_pretraining.sharding import make_mesh
+from latent_pretraining.training.data import BatchStream
+
+LAPA_FIXTURE = SHARED_FIXTURES / "lapa_vla_tiny"
+
+
+def _config(tmp_path, sp_model, preset="debug_latent", **overrides):
+    config = get_config(preset)
+    config.data.tokenizer = str(sp_model)
+    config.data.max_length = 96
+    config.run_dir = str(tmp_path / "run")
+    config.batch_size = 8
+    config.eval_every = 0
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def _losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_latent_pretraining_loss_falls_well_below_the_start(tmp_path, sp_model):
+    write_latent_jsonl(tmp_path / "train.jsonl", 400)
+    write_latent_jsonl(tmp_path / "eval.jsonl", 32, seed=1)
+    config = _config(
+        tmp_path,
+        sp_model,
+        **{
+            "data.train": str(tmp_path / "train.jsonl"),
+            "data.eval": str(tmp_path / "eval.jsonl"),
+            "total_steps": 250,
+            "optimizer.learning_rate": 3e-3,
+            "batch_size": 16,
+            "export_params": str(tmp_path / "params"),
+        },
+    )
+    last = vla_train.train(config)
+    losses = _losses(tmp_path / "run")
+    assert losses[250] < 0.3 * losses[10]
+    assert last["eval_accuracy_latent"] > 0.6  # chance is 1/8
+    keys = [k for k, _ in iter_records(tmp_path / "params")]
+    assert ("transformer", "dte", "embedding") in keys  # released in LAPA's format
+
+
+def test_sharded_run_gives_the_single_device_losses(tmp_path, sp_model, monkeypatch, eight_devices):
+    write_latent_jsonl(tmp_path / "train.jsonl", 64)
+    settings = {"data.train": str(tmp_path / "train.jsonl"), "total_steps": 20, "log_every": 5}
+    vla_train.train(_config(tmp_path / "sharded", sp_model, mesh="1,2,2,2", **settings))
+    monkeypatch.setattr(vla_train, "make_mesh", lambda spec: make_mesh("1,1,1,1", devices=eight_devices[:1]))
+    vla_train.train(_config(tmp_path / "single", sp_model, **settings))
+    a, b = _losses(tmp_path / "sharded" / "run"), _losses(tmp_path / "single" / "run")
+    assert a.keys() == b.keys() == {5, 10, 15, 20}
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path, sp_model, monkeypatch):
+    write_latent_jsonl(tmp_path / "train.jsonl", 64)
+    settings = {
+        "data.train": str(tmp_path / "train.jsonl"),
+        "total_steps": 20,
+        "log_every": 5,
+        "save_every": 10,
+        "async_checkpoints": False,
+    }
+    vla_train.train(_config(tmp_path / "straight", sp_model, **settings))
+    original_next = BatchStream.__next__
+    calls = {"n": 0}
+
+    def dies_at_step_13(self):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt("killed")
+        return original_next(self)
+
+    monkeypatch.setattr(BatchStream, "__next__", dies_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        vla_train.train(_config(tmp_path / "resumed", sp_model, **settings))
+    monkeypatch.setattr(BatchStream, "__next__", original_next)
+    vla_train.train(_config(tmp_path / "resumed", sp_model, **settings))  # resumes at step 10
+    a, b = _losses(tmp_path / "straight" / "run"), _losses(tmp_path / "resumed" / "run")
+    assert a.keys() == b.keys()
+    for step in (15, 20):
+        assert b[step] == pytest.approx(a[step], rel=1e-5)
+
+
+def test_finetuning_from_lapa_checkpoint_adds_and_trains_the_action_head(tmp_path, sp_model, caplog):
+    # LAPA's fixture checkpoint without its action table and head: a latent-pretrained model
+    with open(tmp_path / "latent_only", "wb") as f:
+        for key, array in iter_records(LAPA_FIXTURE / "params"):
+            if key[-2] not in ("ate", "action_head"):
+                f.write(msgpack.packb((list(key), encode_array(array)), use_bin_type=True))
+    write_instruction_action_jsonl(tmp_path / "train.jsonl", 200)  # the fixture's vision table is tiny
+    write_instruction_action_jsonl(tmp_path / "eval.jsonl", 16, seed=1)
+    uniform_bins_csv(tmp_path / "bins.csv")
+    config = _config(
+        tmp_path,
+        sp_model,
+        preset="debug_finetune",
+        **{
+            "data.train": str(tmp_path / "train.jsonl"),
+            "data.eval": str(tmp_path / "eval.jsonl"),
+            "data.action_bins": str(tmp_path / "bins.csv"),
+            "total_steps": 150,
+            "batch_size": 16,
+            "init": f"params::{tmp_path / 'latent_only'}",
+            "optimizer.learning_rate": 3e-3,
+        },
+    )
+    config.model = from_lapa_config(LAPA_FIXTURE / "config.json")
+    config.model.dtype = "float32"
+    with caplog.at_level(logging.WARNING):
+        last = vla_train.train(config)
+    assert "action_embed" in caplog.text and "action_head" in caplog.text
+    losses = _losses(tmp_path / "run")
+    assert losses[150] < 0.5 * losses[10]
+    assert last["eval_accuracy_action"] > 0.9  # chance is 1/32
+    assert last["eval_action_mae"] < 0.01  # bin centres: a right bin is exact, a wrong one costs >= 1/32
