@@ -78,3 +78,33 @@ def test_bench_attention_reports_xla(tmp_path):
     )
     assert [r["backend"] for r in rows] == ["xla"]
     assert rows[0]["finite"] and rows[0]["max_abs_logit_diff_vs_xla"] == 0.0
+
+
+def test_lapa_job_script_trains_and_exports(tmp_path, sp_model):
+    from helpers import write_latent_jsonl
+
+    write_latent_jsonl(tmp_path / "latent.jsonl", 64)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(
+        PYTHON=sys.executable,
+        PRESET="debug_latent",
+        MESH_DIM="1,-1,1,1",
+        BATCH_SIZE="8",
+        TOTAL_STEPS="10",
+        TOKENIZER=str(sp_model),
+        DATASET=str(tmp_path / "latent.jsonl"),
+        INIT="",
+        OUTPUT_DIR=str(tmp_path / "out"),
+        EXTRA_FLAGS="--config.data.max_length=96 --config.log_every=5",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "latent_pretrain_openx.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["tokens_latent"] > 0 and (tmp_path / "out" / "params").stat().st_size > 0

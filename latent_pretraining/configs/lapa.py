@@ -26,6 +26,7 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.data.skip_invalid = False
     c.data.vqgan_checkpoint = ""  # encodes rows that have an image but no vision tokens
     c.data.vqgan_config = ""  # preset or JSON (default: vqgan_config.json beside the checkpoint)
+    c.data.image_root = ""  # base of relative image paths (LAPA's image_absolute_path)
     c.data.image_augment = False
     c.data.action_bins = ""  # bins CSV: evaluation reports action MAE in the data's units
 
@@ -58,9 +59,15 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.seed = 0
     c.wandb_project = ""
 
+    if not debug:  # LAPA's jobs: constant 2e-5, no warmup, 384-token rows, remat of whole blocks
+        c.optimizer.schedule, c.optimizer.warmup_steps = "constant", 0
+        c.model.remat_policy = "full"
+        c.mesh = "!-1,8,1,1"
+        c.batch_size, c.total_steps = 256, 70000
     if preset in ("finetune", "debug_finetune"):
         c.loss.text, c.loss.latent, c.loss.action = 0.0, 0.0, 1.0
-        c.optimizer.learning_rate = 2e-5 if not debug else 1e-3
+        if not debug:
+            c.mesh, c.batch_size, c.total_steps = "!-1,4,1,1", 128, 2000
     if debug:
         c.data.max_length = 128
         c.data.tokens_per_frame = 16
