@@ -74,3 +74,44 @@ def test_errors_name_the_file_and_line(builder, tmp_path):
     write_latent_jsonl(tmp_path / "ok.jsonl", 1)
     with pytest.raises(RowError, match=r"ok.jsonl:1: \d+ tokens do not fit max_length 20"):
         load_examples([tmp_path / "ok.jsonl"], builder, 20)
+
+
+def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path):
+    from flax import nnx
+    from PIL import Image
+
+    from latent_pretraining.vla_data import vqgan_encoder
+    from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
+    from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
+
+    cfg = get_vqgan_config("tiny")
+    model = VQGAN(cfg, rngs=nnx.Rngs(0))
+    save_lwm_vqgan(model, tmp_path / "vqgan")
+    (tmp_path / "vqgan_config.json").write_text(cfg.to_json())
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(
+            json.dumps(
+                {
+                    "image": f"{i}.png",
+                    "instruction": "push the cube",
+                    "delta": [1, 2, 3, 4],
+                    "fields": "[instruction],[vision],delta",
+                }
+            )
+        )
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    builder = SequenceBuilder(TextTokenizer(sp_model), SequenceConfig(tokens_per_frame=64))
+    encoder = vqgan_encoder(tmp_path / "vqgan", None, augment=False, seed=0, image_root=tmp_path)
+    data = load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
+    from latent_pretraining.vqgan.images import load_image, preprocess
+
+    _, codes = model.encode(preprocess(load_image(tmp_path / "1.png"), 32)[None])
+    assert data.rows[1]["vision"] == np.asarray(codes).reshape(-1).tolist()
+    assert (data.examples[1].modality == 1).sum() == 65  # 64 codes + the end-of-vision id
+    lines[2] = lines[2].replace('"2.png"', '"missing.png"')
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RowError, match=r"rows.jsonl:3: cannot read image .*missing.png"):
+        load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
