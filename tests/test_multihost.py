@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO_ROOT
 from test_lapa_parity import FIXTURE
 
@@ -19,7 +20,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_load_generate_and_export_like_one_process(tmp_path):
+def _launch(script: str, args: list[str]) -> None:
+    """Runs ``script`` as 2 processes x 2 CPU devices forming one 4-device cluster."""
     port = _free_port()
     procs = []
     for pid in range(2):
@@ -34,12 +36,7 @@ def test_two_processes_load_generate_and_export_like_one_process(tmp_path):
         )
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    str(REPO_ROOT / "tests" / "multihost_worker.py"),
-                    str(FIXTURE),
-                    str(tmp_path),
-                ],
+                [sys.executable, str(REPO_ROOT / "tests" / script), *args],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -54,6 +51,10 @@ def test_two_processes_load_generate_and_export_like_one_process(tmp_path):
             proc.kill()
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-3000:]
+
+
+def test_two_processes_load_generate_and_export_like_one_process(tmp_path):
+    _launch("multihost_worker.py", [str(FIXTURE), str(tmp_path)])
     results = [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(2)]
     expected = np.load(FIXTURE / "batch2_delta_logits.npy")
     for r in results:
@@ -64,3 +65,37 @@ def test_two_processes_load_generate_and_export_like_one_process(tmp_path):
         np.testing.assert_array_equal(r["tokens"], np.load(FIXTURE / "gen_tokens_greedy_topk1.npy"))
     # process 0 gathered the shards of both hosts and wrote LAPA's exact file
     assert (tmp_path / "params").read_bytes() == (FIXTURE / "params").read_bytes()
+
+
+def test_two_hosts_read_disjoint_rows_and_train_like_one(tmp_path, sp_model, monkeypatch, eight_devices):
+    from helpers import write_latent_jsonl
+
+    from latent_pretraining import train as vla_train
+    from latent_pretraining.configs.lapa import get_config
+    from latent_pretraining.sharding import make_mesh
+
+    write_latent_jsonl(tmp_path / "train.jsonl", 64)
+    _launch("multihost_train_worker.py", [str(sp_model), str(tmp_path / "train.jsonl"), str(tmp_path)])
+    host0, host1 = (json.loads((tmp_path / f"rows_{i}.json").read_text()) for i in range(2))
+    assert len(host0) == len(host1) == 10 and all(len(b) == 4 for b in host0 + host1)  # 8 rows / 2 hosts
+    for a, b in zip(host0, host1, strict=True):
+        assert not set(a) & set(b)  # no row is read by both hosts
+    config = get_config("debug_latent")
+    config.data.tokenizer, config.data.train, config.data.max_length = (
+        str(sp_model),
+        str(tmp_path / "train.jsonl"),
+        96,
+    )
+    config.run_dir, config.batch_size, config.total_steps = str(tmp_path / "single"), 8, 10
+    config.log_every, config.eval_every = 5, 0
+    monkeypatch.setattr(vla_train, "make_mesh", lambda spec: make_mesh("1,1,1,1", devices=eight_devices[:1]))
+    vla_train.train(config)
+
+    def losses(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    two, one = losses(tmp_path / "run"), losses(tmp_path / "single")
+    assert two.keys() == one.keys() == {5, 10}
+    for step in two:
+        assert two[step] == pytest.approx(one[step], rel=1e-4)
