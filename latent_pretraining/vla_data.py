@@ -37,7 +37,7 @@ def load_examples(
     builder: SequenceBuilder,
     max_length: int,
     skip_invalid: bool = False,
-    vision_encoder: Callable[[list[dict[str, Any]], list[str]], list[list[int]]] | None = None,
+    vision_encoder: Callable[[list[dict[str, Any]], list[str]], list[list[int] | RowError]] | None = None,
 ) -> LoadedData:
     """Reads, validates and tokenises every row; errors name ``file:line``."""
     examples, rows, skipped = [], [], []
@@ -60,8 +60,14 @@ def load_examples(
         need = [(w, r) for w, r in pending if _needs_vision(r)]
         if need:
             codes = vision_encoder([r for _, r in need], [w for w, _ in need])
-            for (_, row), row_codes in zip(need, codes, strict=True):
-                row["vision"] = row_codes
+            for (where, row), row_codes in zip(need, codes, strict=True):
+                if isinstance(row_codes, RowError):  # unreadable image
+                    if not skip_invalid:
+                        raise row_codes
+                    skipped.append(str(row_codes))
+                    pending.remove((where, row))
+                else:
+                    row["vision"] = row_codes
     for where, row in pending:
         try:
             example = builder(row)
@@ -168,20 +174,22 @@ def vqgan_encoder(
     encoder = Encoder(model, batch_size=32)
     rng = np.random.default_rng(seed)
 
-    def encode(rows: list[dict], labels: list[str]) -> list[list[int]]:
-        images = []
+    def encode(rows: list[dict], labels: list[str]) -> list[list[int] | RowError]:
+        """Codes per row, or the RowError of a row whose image cannot be read."""
+        images, out = [], []
         for row, where in zip(rows, labels, strict=True):
             path = Path(row["image"])
             if image_root is not None and not path.is_absolute():
                 path = Path(image_root) / path
             try:
-                image = load_image(path)
+                images.append(preprocess(load_image(path), encoder.resolution, train=augment, rng=rng))
+                out.append(None)
             except Exception as e:
-                raise RowError(f"{where}: cannot read image {path}: {e}") from e
-            images.append(preprocess(image, encoder.resolution, train=augment, rng=rng))
+                out.append(RowError(f"{where}: cannot read image {path}: {e}"))
         codes: list[list[int]] = []
         for start in range(0, len(images), encoder.batch_size):
             codes.extend(c.tolist() for c in encoder(np.stack(images[start : start + encoder.batch_size])))
-        return codes
+        it = iter(codes)
+        return [next(it) if o is None else o for o in out]
 
     return encode

@@ -115,3 +115,5 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(RowError, match=r"rows.jsonl:3: cannot read image .*missing.png"):
         load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
+    kept = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, vision_encoder=encoder)
+    assert len(kept.examples) == 2 and "rows.jsonl:3: cannot read image" in kept.skipped[0]
