@@ -37,7 +37,7 @@ from latent_pretraining.training.state import (
     create_train_state,
     global_batch,
 )
-from latent_pretraining.vla_data import batch_stream, load_examples, vqgan_encoder
+from latent_pretraining.vla_data import augmenting_refresh, batch_stream, load_examples, vqgan_encoder
 
 
 def _path_name(path: tuple) -> str:
@@ -233,7 +233,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     train_data = load_examples(
         config.data.train.split(","), builder, config.data.max_length, config.data.skip_invalid, encoder
     )
-    data = batch_stream(train_data, per_host, config.data.max_length, config.data.packing, config.seed)
+    refresh = None
+    if encoder is not None and config.data.image_augment:
+        refresh = augmenting_refresh(train_data, builder, encoder, config.seed)
+    data = batch_stream(
+        train_data, per_host, config.data.max_length, config.data.packing, config.seed, refresh
+    )
     print(
         f"train: {len(train_data.examples)} examples ({len(train_data.skipped)} skipped), "
         f"{data.batches_per_epoch} batches/epoch/host",

@@ -30,6 +30,8 @@ class LoadedData:
     examples: list[Example]
     rows: list[dict[str, Any]]  # the source rows (for evaluation: raw actions, ids)
     skipped: list[str]  # "file:line: reason" of rows left out
+    from_images: set[int] = dataclasses.field(default_factory=set)  # examples whose vision the VQGAN made
+    labels: list[str] = dataclasses.field(default_factory=list)  # "file:line" of each example
 
 
 def load_examples(
@@ -40,7 +42,8 @@ def load_examples(
     vision_encoder: Callable[[list[dict[str, Any]], list[str]], list[list[int] | RowError]] | None = None,
 ) -> LoadedData:
     """Reads, validates and tokenises every row; errors name ``file:line``."""
-    examples, rows, skipped = [], [], []
+    examples, rows, skipped, labels = [], [], [], []
+    encoded: set[int] = set()
     pending: list[tuple[str, dict[str, Any]]] = []
     for path in paths:
         with open(path) as f:
@@ -68,6 +71,7 @@ def load_examples(
                     pending.remove((where, row))
                 else:
                     row["vision"] = row_codes
+                    encoded.add(id(row))
     for where, row in pending:
         try:
             example = builder(row)
@@ -80,11 +84,13 @@ def load_examples(
             continue
         examples.append(example)
         rows.append(row)
+        labels.append(where)
     if skipped:
         log.warning("skipped %d invalid rows, e.g. %s", len(skipped), skipped[0])
     if not examples:
         raise RowError(f"no usable rows in {', '.join(map(str, paths))}")
-    return LoadedData(examples, rows, skipped)
+    from_images = {i for i, row in enumerate(rows) if id(row) in encoded}
+    return LoadedData(examples, rows, skipped, from_images, labels)
 
 
 def _needs_vision(row: dict[str, Any]) -> bool:
@@ -145,17 +151,52 @@ def collate(examples: Sequence[Sequence[Example]], max_length: int) -> dict[str,
     return out
 
 
-def batch_stream(data: LoadedData, batch_size: int, max_length: int, packing: bool, seed: int) -> BatchStream:
-    """Per-host, shuffled, resumable batches of ``batch_size`` rows (this host's share)."""
+def batch_stream(
+    data: LoadedData,
+    batch_size: int,
+    max_length: int,
+    packing: bool,
+    seed: int,
+    refresh: Callable[[list[int], int], dict[int, Example]] | None = None,
+) -> BatchStream:
+    """Per-host, shuffled, resumable batches of ``batch_size`` rows (this host's share).
+
+    ``refresh(example_indices, epoch)`` rebuilds examples whose vision tokens come from
+    images, e.g. with a new draw of the training augmentation every epoch."""
     rows = make_rows(data.examples, max_length, packing, seed)
 
     def make_batch(indices: np.ndarray, epoch: int, index: int) -> dict[str, np.ndarray]:
-        batch = collate([[data.examples[i] for i in rows[int(j)]] for j in indices], max_length)
+        wanted = [i for j in indices for i in rows[int(j)]]
+        fresh = refresh([i for i in wanted if i in data.from_images], epoch) if refresh else {}
+        pick = lambda i: fresh.get(i, data.examples[i])  # noqa: E731
+        batch = collate([[pick(i) for i in rows[int(j)]] for j in indices], max_length)
         # index of each row's first example in ``data.rows`` (host-side bookkeeping for evaluation)
         batch["example"] = np.asarray([rows[int(j)][0] for j in indices], np.int32)
         return batch
 
     return BatchStream(len(rows), batch_size, make_batch, seed=seed)
+
+
+def augmenting_refresh(
+    data: LoadedData, builder: SequenceBuilder, encoder: Callable, seed: int
+) -> Callable[[list[int], int], dict[int, Example]]:
+    """Rebuilds image-derived examples with a new draw of the augmentation each epoch
+    (deterministic in the seed, the epoch and the examples)."""
+
+    def refresh(indices: list[int], epoch: int) -> dict[int, Example]:
+        if not indices:
+            return {}
+        rng = np.random.default_rng([seed, epoch, *indices])
+        rows = [{k: v for k, v in data.rows[i].items() if k != "vision"} for i in indices]
+        codes = encoder(rows, [data.labels[i] for i in indices], rng)
+        out = {}
+        for i, row, c in zip(indices, rows, codes, strict=True):
+            if isinstance(c, RowError):
+                raise c
+            out[i] = builder({**row, "vision": c})
+        return out
+
+    return refresh
 
 
 def vqgan_encoder(
@@ -165,17 +206,18 @@ def vqgan_encoder(
     seed: int,
     image_root: str | os.PathLike | None = None,
 ) -> Callable[[list[dict], list[str]], list[list[int]]]:
-    """Encodes rows' ``image`` files with a VQGAN; with ``augment`` each row gets one draw of
-    the training augmentation when the data are loaded."""
+    """Encodes rows' ``image`` files with a VQGAN, with the training augmentation when
+    ``augment`` (drawn from ``rng`` when given)."""
     from latent_pretraining.vqgan.encode import Encoder, load_model
     from latent_pretraining.vqgan.images import load_image, preprocess
 
     model = load_model(Path(checkpoint), config)
     encoder = Encoder(model, batch_size=32)
-    rng = np.random.default_rng(seed)
+    default_rng = np.random.default_rng(seed)
 
-    def encode(rows: list[dict], labels: list[str]) -> list[list[int] | RowError]:
+    def encode(rows: list[dict], labels: list[str], rng: np.random.Generator | None = None) -> list:
         """Codes per row, or the RowError of a row whose image cannot be read."""
+        rng = default_rng if rng is None else rng
         images, out = [], []
         for row, where in zip(rows, labels, strict=True):
             path = Path(row["image"])

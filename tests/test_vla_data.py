@@ -9,7 +9,7 @@ import pytest
 from helpers import write_latent_jsonl
 
 from latent_pretraining.sequences import RowError, SequenceBuilder, SequenceConfig, TextTokenizer
-from latent_pretraining.vla_data import batch_stream, collate, load_examples, pack
+from latent_pretraining.vla_data import augmenting_refresh, batch_stream, collate, load_examples, pack
 
 CONFIG = SequenceConfig(tokens_per_frame=16, vocab_sizes=(1024, 8448, 8, 256))
 
@@ -117,3 +117,22 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
         load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
     kept = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, vision_encoder=encoder)
     assert len(kept.examples) == 2 and "rows.jsonl:3: cannot read image" in kept.skipped[0]
+
+    # with the training augmentation, image rows get a new draw every epoch (and the same draw on a rerun)
+    augmenting = vqgan_encoder(tmp_path / "vqgan", None, augment=True, seed=0, image_root=tmp_path)
+    data = load_examples(
+        [tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, vision_encoder=augmenting
+    )
+    assert data.from_images == {0, 1}
+
+    def epochs(stream):  # 2 rows, batch 1: one epoch is 2 batches; key each row by its example
+        return {int(b["example"][0]): b["inputs"][0].tolist() for b in (next(stream), next(stream))}
+
+    refresh = augmenting_refresh(data, builder, augmenting, seed=0)
+    first = epochs(batch_stream(data, 1, 200, False, 0, refresh))
+    second = epochs(batch_stream(data, 1, 200, False, 0, refresh))
+    assert first == second
+    stream = batch_stream(data, 1, 200, False, 0, refresh)
+    epoch0, epoch1 = epochs(stream), epochs(stream)
+    assert epoch0.keys() == epoch1.keys() == {0, 1}
+    assert all(epoch0[i] != epoch1[i] for i in (0, 1))  # the same row, a new augmentation
