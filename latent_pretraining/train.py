@@ -120,8 +120,8 @@ def make_step(graphdef, optimizer, schedule, config):
         metrics.update(
             loss=loss,
             learning_rate=schedule(update_count),
-            grad_norm=optax.global_norm(grads),
-            param_norm=optax.global_norm(params),
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
         )
         return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 

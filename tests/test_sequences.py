@@ -9,7 +9,7 @@ from latent_pretraining.sequences import RowError, SequenceBuilder, SequenceConf
 
 T, V, L, A = Modality.TEXT, Modality.VISION, Modality.LATENT, Modality.ACTION
 CONFIG = SequenceConfig(
-    tokens_per_frame=4, tokens_per_latent=4, tokens_per_action=7, vocab_sizes=(160, 96, 8, 32)
+    tokens_per_frame=4, tokens_per_latent=4, tokens_per_action=7, vocab_sizes=(160, 8448, 8, 32)
 )
 
 
