@@ -103,22 +103,15 @@ class SequenceBuilder:
                 add(self.markers["<vision>"], Modality.TEXT, weight)
                 add(self._vision(row, name), Modality.VISION, weight)
                 add(self.markers["</vision>"], Modality.TEXT, weight)
-            elif "delta" in name:
-                add(self.markers["<delta>"], Modality.TEXT, weight)
-                add(
-                    self._codes(row, name, self.config.tokens_per_latent, Modality.LATENT),
-                    Modality.LATENT,
-                    weight,
+            elif "delta" in name or "action" in name:
+                tag, modality, count = (
+                    ("delta", Modality.LATENT, self.config.tokens_per_latent)
+                    if "delta" in name
+                    else ("action", Modality.ACTION, self.config.tokens_per_action)
                 )
-                add(self.markers["</delta>"], Modality.TEXT, weight)
-            elif "action" in name:
-                add(self.markers["<action>"], Modality.TEXT, weight)
-                add(
-                    self._codes(row, name, self.config.tokens_per_action, Modality.ACTION),
-                    Modality.ACTION,
-                    weight,
-                )
-                add(self.markers["</action>"], Modality.TEXT, weight)
+                add(self.markers[f"<{tag}>"], Modality.TEXT, weight)
+                add(self._codes(row, name, count, modality), modality, weight)
+                add(self.markers[f"</{tag}>"], Modality.TEXT, weight)
             else:
                 parts = name.split("+")
                 missing = [p for p in parts if p not in row]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ from latent_pretraining.action_bins import ActionBins
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
 from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTokenizer
-from latent_pretraining.sharding import make_mesh, maybe_initialize_distributed
+from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
 from latent_pretraining.training.checkpointing import Checkpointer
 from latent_pretraining.training.logger import MetricsLogger
@@ -199,14 +198,9 @@ def _initialise(state: TrainState, config, mesh) -> TrainState:
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
-    maybe_initialize_distributed()
     if not config.data.train or not config.data.tokenizer:
         raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json(indent=2))
+    run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     m = config.model
     tokenizer = TextTokenizer(config.data.tokenizer)

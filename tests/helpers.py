@@ -116,3 +116,36 @@ def uniform_bins_csv(path, bins: int = 32, dims: int = 7) -> None:
     edges = np.linspace(0.0, 1.0, bins + 1)
     lines = [",".join(str(i) for i in range(bins + 1))] + [",".join(repr(float(e)) for e in edges)] * dims
     path.write_text("\n".join(lines) + "\n")
+
+
+def override(config, overrides: dict):
+    """Sets dotted ``--config.a.b=value``-style overrides on a ConfigDict; returns it."""
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def run_killed_at_step(monkeypatch, step: int, run) -> None:
+    """Runs ``run()`` with the data stream raising KeyboardInterrupt when step ``step`` asks for
+    its batch (a kill mid-run), then restores the stream."""
+    import pytest
+
+    from latent_pretraining.training.data import BatchStream
+
+    original = BatchStream.__next__
+    calls = {"n": 0}
+
+    def dies(self):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("killed")
+        return original(self)
+
+    monkeypatch.setattr(BatchStream, "__next__", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(BatchStream, "__next__", original)

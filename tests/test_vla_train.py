@@ -8,14 +8,19 @@ import logging
 import msgpack
 import pytest
 from conftest import SHARED_FIXTURES
-from helpers import uniform_bins_csv, write_instruction_action_jsonl, write_latent_jsonl
+from helpers import (
+    override,
+    run_killed_at_step,
+    uniform_bins_csv,
+    write_instruction_action_jsonl,
+    write_latent_jsonl,
+)
 
 from latent_pretraining import train as vla_train
 from latent_pretraining.config import from_lapa_config
 from latent_pretraining.configs.lapa import get_config
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records
 from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.data import BatchStream
 
 LAPA_FIXTURE = SHARED_FIXTURES / "lapa_vla_tiny"
 
@@ -27,13 +32,7 @@ def _config(tmp_path, sp_model, preset="debug_latent", **overrides):
     config.run_dir = str(tmp_path / "run")
     config.batch_size = 8
     config.eval_every = 0
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    return override(config, overrides)
 
 
 def _losses(run_dir):
@@ -86,19 +85,9 @@ def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path, sp_model, monkeyp
         "async_checkpoints": False,
     }
     vla_train.train(_config(tmp_path / "straight", sp_model, **settings))
-    original_next = BatchStream.__next__
-    calls = {"n": 0}
-
-    def dies_at_step_13(self):
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt("killed")
-        return original_next(self)
-
-    monkeypatch.setattr(BatchStream, "__next__", dies_at_step_13)
-    with pytest.raises(KeyboardInterrupt):
-        vla_train.train(_config(tmp_path / "resumed", sp_model, **settings))
-    monkeypatch.setattr(BatchStream, "__next__", original_next)
+    run_killed_at_step(
+        monkeypatch, 13, lambda: vla_train.train(_config(tmp_path / "resumed", sp_model, **settings))
+    )
     vla_train.train(_config(tmp_path / "resumed", sp_model, **settings))  # resumes at step 10
     a, b = _losses(tmp_path / "straight" / "run"), _losses(tmp_path / "resumed" / "run")
     assert a.keys() == b.keys()

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import override, run_killed_at_step
 
 from latent_pretraining.configs.vqgan import get_config
 from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.data import BatchStream
 from latent_pretraining.training.state import create_train_state
 from latent_pretraining.vqgan import train as vq_train
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
@@ -23,13 +23,7 @@ def _config(run_dir, **overrides):
     config = get_config("tiny")
     config.run_dir = str(run_dir)
     config.mesh = "-1,1,1,1"
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    return override(config, overrides)
 
 
 def _metrics(run_dir):
@@ -69,19 +63,7 @@ def test_kill_and_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     vq_train.train(_config(straight, **settings))
     resumed = tmp_path / "resumed"
-    original_next = BatchStream.__next__
-    calls = {"n": 0}
-
-    def dies_at_step_11(self):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt("killed")
-        return original_next(self)
-
-    monkeypatch.setattr(BatchStream, "__next__", dies_at_step_11)
-    with pytest.raises(KeyboardInterrupt):
-        vq_train.train(_config(resumed, **settings))
-    monkeypatch.setattr(BatchStream, "__next__", original_next)
+    run_killed_at_step(monkeypatch, 11, lambda: vq_train.train(_config(resumed, **settings)))
     assert not (resumed / "vqgan").exists()
     vq_train.train(_config(resumed, **settings))  # the rerun resumes at step 10
     a = {r["step"]: r["train/loss"] for r in _metrics(straight) if "train/loss" in r}

@@ -6,12 +6,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from latent_pretraining.sharding import maybe_initialize_distributed
 from latent_pretraining.training.checkpointing import Checkpointer
 from latent_pretraining.training.data import BatchStream
 from latent_pretraining.training.logger import MetricsLogger
@@ -28,6 +31,19 @@ class LoopSettings:
     desc: str = "train"
     items_per_example: int = 1  # e.g. tokens per sequence, for the throughput figure
     items_name: str = "examples"
+
+
+def prepare_run(config: Any) -> Path:
+    """Joins the cluster if one is described, checks that the global batch splits over the
+    hosts, and creates the run directory with the run's ``config.json``."""
+    maybe_initialize_distributed()
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (run_dir / "config.json").write_text(config.to_json(indent=2))
+    return run_dir
 
 
 def resume(checkpointer: Checkpointer, state: TrainState, data: BatchStream) -> tuple[TrainState, int]:

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 from PIL import Image
 
-from latent_pretraining.sharding import make_mesh, maybe_initialize_distributed
+from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
 from latent_pretraining.training.checkpointing import Checkpointer
 from latent_pretraining.training.data import BatchStream
@@ -170,12 +170,7 @@ def make_eval(
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
-    maybe_initialize_distributed()
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json(indent=2))
+    run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     size = config.model.resolution
     source = open_source(config.data.source, config.data.path, config.data.limit, size, config.seed)
