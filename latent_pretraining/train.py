@@ -163,6 +163,9 @@ def make_eval(graphdef, data, rows, mesh, config, bins: ActionBins | None):
                 out[f"loss_{head}"] = sums[f"loss_{head}"] / n
                 out[f"accuracy_{head}"] = sums[f"accuracy_{head}"] / n
         if errors:
+            out["action_invalid_rate"] = sum(e is None for e in errors) / len(errors)
+            errors = [e for e in errors if e is not None]
+        if errors:
             per_dim = np.mean(np.abs(np.stack(errors)), axis=0)
             out["action_mae"] = float(per_dim.mean())
             out.update({f"action_mae_{d}": float(v) for d, v in enumerate(per_dim)})
@@ -180,7 +183,10 @@ def _action_errors(predicted, local, example, rows, bins):
         raw = rows[int(example[r])].get("raw_actions")
         if raw is None or len(ids) != len(bins.centres):
             continue
-        out.append(bins.decode(np.clip(ids, 0, None)[None])[0] - np.asarray(raw, np.float64))
+        try:
+            out.append(bins.decode(ids[None])[0] - np.asarray(raw, np.float64))
+        except ValueError:  # an id outside a dimension's bins: no action can be made of it
+            out.append(None)
     return out
 
 

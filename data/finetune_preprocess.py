@@ -1,0 +1,223 @@
+"""LAPA's finetune preprocessing, vectorised and validated.
+
+    python -m data.finetune_preprocess --input_path finetune.json --output_filename finetune.jsonl \\
+        --csv_filename bins.csv [--discretize_bins 256] [--binning quantile|uniform]
+
+Same command line and outputs as LAPA's ``data/finetune_preprocess.py``: JSONL rows
+``{..., "raw_actions", "action", "fields": "[instruction],[vision],action", "instruction":
+"<s> You are a helpful assistant. USER: <question> ASSISTANT:"}`` and a bins CSV (one row
+of edges per dimension). Unlike LAPA's script: no per-value Python loop, bins that never
+silently disappear (see ``latent_pretraining/action_bins.py``), a thresholded gripper, and
+validation that names the row id and field; nothing is written unless every row is valid
+(or ``--skip_invalid``, which lists what it skipped). A metadata JSON beside the CSV
+records the scheme, bin counts, statistics and per-dimension round-trip error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latent_pretraining.action_bins import GRIPPER_CONVENTIONS, ActionBins
+
+VERSION = 1
+ACTION_DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+SYSTEM = "<s> You are a helpful assistant. USER: {question} ASSISTANT:"
+
+
+class InvalidRowError(ValueError):
+    """A finetune row that cannot be used."""
+
+
+def _row_actions(row: Any, index: int, convention: str) -> tuple[str, np.ndarray, str]:
+    """Validates one row; returns (id, raw actions, question)."""
+    rid = row.get("id", f"#{index}") if isinstance(row, dict) else f"#{index}"
+    where = f"row {index} (id {rid})"
+    if not isinstance(row, dict):
+        raise InvalidRowError(f"{where}: expected an object, got {type(row).__name__}")
+    for key in ("id", "image", "conversations"):
+        if key not in row:
+            raise InvalidRowError(f"{where}: missing field '{key}'")
+    conv = row["conversations"]
+    if not (
+        isinstance(conv, list) and len(conv) >= 2 and isinstance(conv[0], dict) and isinstance(conv[1], dict)
+    ):
+        raise InvalidRowError(f"{where}: 'conversations' must hold a human turn and a gpt turn")
+    if "value" not in conv[0]:
+        raise InvalidRowError(f"{where}: missing field 'conversations[0].value'")
+    if "raw_actions" not in conv[1]:
+        raise InvalidRowError(f"{where}: missing field 'conversations[1].raw_actions'")
+    raw = conv[1]["raw_actions"]
+    if not isinstance(raw, list) or len(raw) != len(ACTION_DIMS):
+        size = len(raw) if isinstance(raw, list) else type(raw).__name__
+        raise InvalidRowError(f"{where}: 'raw_actions' has {size} values, expected {len(ACTION_DIMS)}")
+    try:
+        actions = np.asarray([float(v) for v in raw], np.float64)
+    except (TypeError, ValueError):
+        raise InvalidRowError(f"{where}: 'raw_actions' must be numbers, got {raw}") from None
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        dim = ACTION_DIMS[int(np.flatnonzero(bad)[0])]
+        raise InvalidRowError(f"{where}: 'raw_actions' {dim} is {actions[bad][0]} (NaN/inf)")
+    lo, hi = GRIPPER_CONVENTIONS[convention]
+    if not lo <= actions[-1] <= hi:
+        raise InvalidRowError(
+            f"{where}: gripper {actions[-1]} is outside the '{convention}' convention [{lo}, {hi}]"
+        )
+    return str(rid), actions, str(conv[0]["value"]).replace("<image>\n", "")
+
+
+def preprocess(
+    rows: list[Any],
+    num_bins: int = 256,
+    scheme: str = "quantile",
+    gripper_convention: str = "01",
+    gripper_threshold: float | None = None,
+    skip_invalid: bool = False,
+) -> tuple[list[dict], ActionBins, dict]:
+    """Rows of LAPA's finetune JSON -> (JSONL rows, bins, metadata). Raises InvalidRowError."""
+    kept, actions, questions, skipped = [], [], [], []
+    for index, row in enumerate(rows):
+        try:
+            _, a, question = _row_actions(row, index, gripper_convention)
+        except InvalidRowError as e:
+            if not skip_invalid:
+                raise
+            skipped.append(str(e))
+            continue
+        kept.append(row)
+        actions.append(a)
+        questions.append(question)
+    if not kept:
+        raise InvalidRowError("no valid rows")
+    actions = np.stack(actions)
+    bins = ActionBins.fit(actions, num_bins, scheme, gripper_convention)
+    if gripper_threshold is None:
+        lo, hi = GRIPPER_CONVENTIONS[gripper_convention]
+        gripper_threshold = (lo + hi) / 2.0
+    ids, clipped = bins.encode(actions, gripper_threshold)
+    decoded = bins.decode(ids)
+    error = np.abs(decoded - actions)
+    out = []
+    for row, i, question in zip(kept, ids, questions, strict=True):
+        record = {k: v for k, v in row.items() if k != "conversations"}
+        record["raw_actions"] = row["conversations"][1]["raw_actions"]
+        record["action"] = [int(v) for v in i]
+        record["fields"] = "[instruction],[vision],action"
+        record["instruction"] = SYSTEM.format(question=question)
+        out.append(record)
+    metadata = {
+        "version": VERSION,
+        "scheme": scheme,
+        "bins_requested": num_bins,
+        "bins_per_dimension": dict(zip(ACTION_DIMS, bins.num_bins, strict=True)),
+        "edge_convention": "[edge[i], edge[i+1]), the last bin closed; values outside go to the end bins",
+        "decode": "(edge[i] + edge[i+1]) / 2",
+        "gripper": {"convention": gripper_convention, "threshold": gripper_threshold},
+        "rows": len(out),
+        "skipped_rows": skipped,
+        "statistics": {
+            dim: {
+                "min": float(actions[:, d].min()),
+                "max": float(actions[:, d].max()),
+                "mean": float(actions[:, d].mean()),
+                "std": float(actions[:, d].std()),
+                "q01": float(np.quantile(actions[:, d], 0.01)),
+                "q99": float(np.quantile(actions[:, d], 0.99)),
+                "clipped_fraction": float(clipped[:, d].mean()),
+                "round_trip_mean_abs_error": float(error[:, d].mean()),
+                "round_trip_max_abs_error": float(error[:, d].max()),
+            }
+            for d, dim in enumerate(ACTION_DIMS)
+        },
+    }
+    return out, bins, metadata
+
+
+def write_all(files: list[tuple[Path, Any]]) -> None:
+    """Writes every ``(path, writer)`` to a temporary file, then renames them all: a failure
+    leaves the previous outputs (or none) in place, never a partial set."""
+    temps = []
+    try:
+        for path, writer in files:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            temps.append((tmp, path))
+            writer(tmp)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in temps:
+        os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--input_path", type=Path, required=True, help="LAPA's finetune JSON (an array of rows)"
+    )
+    parser.add_argument("--output_filename", type=Path, required=True, help="output JSONL")
+    parser.add_argument("--csv_filename", type=Path, required=True, help="output bins CSV")
+    parser.add_argument("--discretize_bins", type=int, default=256)
+    parser.add_argument("--binning", choices=("quantile", "uniform"), default="quantile")
+    parser.add_argument("--gripper_convention", choices=tuple(GRIPPER_CONVENTIONS), default="01")
+    parser.add_argument("--gripper_threshold", type=float, default=None, help="default: midway")
+    parser.add_argument("--skip_invalid", action="store_true")
+    parser.add_argument("--metadata", type=Path, default=None, help="default: the CSV path with .json")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        rows = json.loads(args.input_path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{args.input_path}: unreadable JSON: {e}") from None
+    if not isinstance(rows, list):
+        raise SystemExit(f"{args.input_path}: expected a JSON array of rows")
+    try:
+        out, bins, metadata = preprocess(
+            rows,
+            args.discretize_bins,
+            args.binning,
+            args.gripper_convention,
+            args.gripper_threshold,
+            args.skip_invalid,
+        )
+    except InvalidRowError as e:
+        raise SystemExit(
+            f"{args.input_path}: {e}; nothing was written (--skip_invalid skips such rows)"
+        ) from None
+    metadata_path = args.metadata or args.csv_filename.with_suffix(".json")
+    write_all(
+        [
+            (args.output_filename, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in out))),
+            (args.csv_filename, bins.to_csv),
+            (metadata_path, lambda p: p.write_text(json.dumps(metadata, indent=2))),
+        ]
+    )
+    took = time.perf_counter() - start
+    print(
+        f"wrote {len(out)} rows to {args.output_filename}, bins to {args.csv_filename}, "
+        f"metadata to {metadata_path} in {took:.2f}s"
+        + (
+            f"; skipped {len(metadata['skipped_rows'])}: {metadata['skipped_rows'][:3]}"
+            if metadata["skipped_rows"]
+            else ""
+        )
+    )
+    print(f"{'dim':<8}{'bins':>6}{'mean |err|':>12}{'max |err|':>12}{'clipped':>9}")
+    for dim, s in metadata["statistics"].items():
+        print(
+            f"{dim:<8}{metadata['bins_per_dimension'][dim]:>6}{s['round_trip_mean_abs_error']:>12.2e}"
+            f"{s['round_trip_max_abs_error']:>12.2e}{s['clipped_fraction']:>9.2%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

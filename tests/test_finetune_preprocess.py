@@ -1,0 +1,141 @@
+"""Action bins and LAPA's finetune preprocessing: bins that round-trip, validation, LAPA's schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data.finetune_preprocess import InvalidRowError, main, preprocess
+from latent_pretraining.action_bins import ActionBins
+
+
+def _rows(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a = [*rng.normal(0.0, 0.01, 6).tolist(), float(rng.integers(2))]
+        a[3] = 0.25  # a constant dimension
+        if i % 3 == 0:
+            a[0] = 0.0  # a third of dx is exactly zero
+        rows.append(
+            {
+                "id": f"ep_{i}",
+                "image": f"/data/{i}.png",
+                "extra": i,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat action should the robot take to `open it`"},
+                    {"from": "gpt", "raw_actions": a, "states": {"q": [0.1]}},
+                ],
+            }
+        )
+    return rows
+
+
+def test_every_dimension_keeps_its_bins_and_round_trips():
+    actions = np.array([r["conversations"][1]["raw_actions"] for r in _rows()])
+    bins = ActionBins.fit(actions, 64)
+    assert bins.num_bins == [64] * 6 + [2]  # repeated values and the constant roll keep all 64 bins
+    ids, clipped = bins.encode(actions)
+    assert not clipped.any()
+    error = np.abs(bins.decode(ids) - actions)
+    half_width = np.array([np.diff(bins.edges[d])[ids[:, d]] / 2 for d in range(6)]).T
+    assert (error[:, :6] <= half_width + 1e-12).all()
+    assert error[:, 3].max() < 1e-5 and (error[:, 6] == 0).all()
+
+
+def test_edges_are_left_closed_and_the_last_bin_closed():
+    bins = ActionBins([np.array([0.0, 1.0, 2.0, 3.0]), np.array([-0.5, 0.5, 1.5])])
+    ids, clipped = bins.encode(np.array([[1.0, 0.0], [3.0, 1.0], [-1.0, 0.4], [3.5, 0.6]]))
+    assert ids[:, 0].tolist() == [1, 2, 0, 2]  # 1.0 opens bin 1; 3.0 is in the closed last bin
+    assert clipped[:, 0].tolist() == [False, False, True, True]
+    assert ids[:, 1].tolist() == [0, 1, 0, 1]  # gripper thresholded at 0.5, not int()-truncated
+    np.testing.assert_allclose(bins.decode(np.array([[1, 1]])), [[1.5, 1.0]])
+    with pytest.raises(ValueError, match="dimension 0: id 3 is not a bin"):
+        bins.decode(np.array([[3, 0]]))
+    allowed = bins.valid_ids(8)
+    assert allowed.sum(axis=1).tolist() == [3, 2]
+
+
+def test_uniform_bins_clip_the_tails_and_count_them():
+    x = np.concatenate([np.linspace(-1, 1, 1000), [50.0]])[:, None]
+    bins = ActionBins.fit(np.hstack([x, np.zeros_like(x)]), 16, scheme="uniform")
+    _, clipped = bins.encode(np.hstack([x, np.zeros_like(x)]))
+    assert 0 < clipped[:, 0].mean() < 0.05 and bins.edges[0][-1] < 2.0
+
+
+def test_csv_round_trip_in_lapas_layout(tmp_path):
+    bins = ActionBins.fit(np.random.default_rng(0).normal(size=(200, 7)) * [1, 1, 1, 1, 1, 1, 0], 8)
+    bins.to_csv(tmp_path / "bins.csv")
+    lines = (tmp_path / "bins.csv").read_text().splitlines()
+    assert lines[0] == ",".join(str(i) for i in range(9)) and lines[-1].startswith("-0.5,0.5,1.5,,")
+    again = ActionBins.from_csv(tmp_path / "bins.csv")
+    for a, b in zip(bins.edges, again.edges, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_output_rows_follow_lapas_schema():
+    rows = _rows(20)
+    out, bins, meta = preprocess(rows, 16)
+    first = out[0]
+    assert list(first) == ["id", "image", "extra", "raw_actions", "action", "fields", "instruction"]
+    assert first["raw_actions"] == rows[0]["conversations"][1]["raw_actions"]
+    assert first["fields"] == "[instruction],[vision],action"
+    assert first["instruction"] == (
+        "<s> You are a helpful assistant. USER: What action should the robot take to `open it` ASSISTANT:"
+    )
+    assert first["action"] == bins.encode(np.array(first["raw_actions"]))[0].tolist()
+    assert meta["bins_per_dimension"]["dx"] == 16 and meta["rows"] == 20
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda r: r.pop("image"), "row 3 \\(id ep_3\\): missing field 'image'"),
+        (
+            lambda r: r["conversations"][1].pop("raw_actions"),
+            "missing field 'conversations\\[1\\].raw_actions'",
+        ),
+        (lambda r: r["conversations"][1]["raw_actions"].pop(), "'raw_actions' has 6 values, expected 7"),
+        (lambda r: r["conversations"][1]["raw_actions"].__setitem__(2, float("nan")), "dz is nan"),
+        (
+            lambda r: r["conversations"][1]["raw_actions"].__setitem__(6, 2.0),
+            "gripper 2.0 is outside the '01'",
+        ),
+    ],
+)
+def test_invalid_rows_name_the_row_and_field(mutate, message):
+    rows = _rows(10)
+    mutate(rows[3])
+    with pytest.raises(InvalidRowError, match=message):
+        preprocess(rows, 8)
+    out, _, meta = preprocess(rows, 8, skip_invalid=True)
+    assert len(out) == 9 and len(meta["skipped_rows"]) == 1 and "ep_3" in meta["skipped_rows"][0]
+
+
+def test_cli_writes_all_outputs_or_nothing(tmp_path, capsys):
+    rows = _rows(50)
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    args = [
+        "--input_path",
+        str(tmp_path / "in.json"),
+        "--output_filename",
+        str(tmp_path / "out.jsonl"),
+        "--csv_filename",
+        str(tmp_path / "bins.csv"),
+        "--discretize_bins",
+        "32",
+    ]
+    main(args)
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 50
+    meta = json.loads((tmp_path / "bins.json").read_text())
+    assert meta["bins_per_dimension"]["dyaw"] == 32 and "round_trip_max_abs_error" in meta["statistics"]["dx"]
+    assert "mean |err|" in capsys.readouterr().out
+    rows[7]["conversations"][1]["raw_actions"][0] = float("inf")
+    (tmp_path / "in.json").write_text(json.dumps(rows).replace("Infinity", "1e999"))
+    for name in ("out.jsonl", "bins.csv", "bins.json"):
+        (tmp_path / name).unlink()
+    with pytest.raises(SystemExit, match=r"row 7 \(id ep_7\).*dx is inf.*nothing was written"):
+        main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]
