@@ -28,49 +28,60 @@ from latent_pretraining.action_bins import GRIPPER_CONVENTIONS, ActionBins
 
 VERSION = 1
 ACTION_DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-SYSTEM = "<s> You are a helpful assistant. USER: {question} ASSISTANT:"
+SYSTEM_PREFIX, SYSTEM_SUFFIX = "<s> You are a helpful assistant. USER: ", " ASSISTANT:"  # LAPA's prompt
+FIELDS = "[instruction],[vision],action"
+IMAGE_TAG = "<image>\n"
 
 
 class InvalidRowError(ValueError):
     """A finetune row that cannot be used."""
 
 
-def _row_actions(row: Any, index: int, convention: str) -> tuple[str, np.ndarray, str]:
-    """Validates one row; returns (id, raw actions, question)."""
+def _structure_error(row: Any, index: int) -> str | None:
+    """The first structural problem of a row (missing keys, wrong action count), or None."""
     rid = row.get("id", f"#{index}") if isinstance(row, dict) else f"#{index}"
     where = f"row {index} (id {rid})"
     if not isinstance(row, dict):
-        raise InvalidRowError(f"{where}: expected an object, got {type(row).__name__}")
+        return f"{where}: expected an object, got {type(row).__name__}"
     for key in ("id", "image", "conversations"):
         if key not in row:
-            raise InvalidRowError(f"{where}: missing field '{key}'")
+            return f"{where}: missing field '{key}'"
     conv = row["conversations"]
     if not (
         isinstance(conv, list) and len(conv) >= 2 and isinstance(conv[0], dict) and isinstance(conv[1], dict)
     ):
-        raise InvalidRowError(f"{where}: 'conversations' must hold a human turn and a gpt turn")
+        return f"{where}: 'conversations' must hold a human turn and a gpt turn"
     if "value" not in conv[0]:
-        raise InvalidRowError(f"{where}: missing field 'conversations[0].value'")
+        return f"{where}: missing field 'conversations[0].value'"
     if "raw_actions" not in conv[1]:
-        raise InvalidRowError(f"{where}: missing field 'conversations[1].raw_actions'")
+        return f"{where}: missing field 'conversations[1].raw_actions'"
     raw = conv[1]["raw_actions"]
     if not isinstance(raw, list) or len(raw) != len(ACTION_DIMS):
         size = len(raw) if isinstance(raw, list) else type(raw).__name__
-        raise InvalidRowError(f"{where}: 'raw_actions' has {size} values, expected {len(ACTION_DIMS)}")
-    try:
-        actions = np.asarray([float(v) for v in raw], np.float64)
-    except (TypeError, ValueError):
-        raise InvalidRowError(f"{where}: 'raw_actions' must be numbers, got {raw}") from None
-    bad = ~np.isfinite(actions)
-    if bad.any():
-        dim = ACTION_DIMS[int(np.flatnonzero(bad)[0])]
-        raise InvalidRowError(f"{where}: 'raw_actions' {dim} is {actions[bad][0]} (NaN/inf)")
+        return f"{where}: 'raw_actions' has {size} values, expected {len(ACTION_DIMS)}"
+    return None
+
+
+def _value_errors(rows: list[dict], actions: np.ndarray, convention: str) -> list[tuple[int, str]]:
+    """Rows with NaN/inf actions or a gripper outside its convention (vectorised checks)."""
     lo, hi = GRIPPER_CONVENTIONS[convention]
-    if not lo <= actions[-1] <= hi:
-        raise InvalidRowError(
-            f"{where}: gripper {actions[-1]} is outside the '{convention}' convention [{lo}, {hi}]"
-        )
-    return str(rid), actions, str(conv[0]["value"]).replace("<image>\n", "")
+    finite = np.isfinite(actions)
+    gripper_ok = (actions[:, -1] >= lo) & (actions[:, -1] <= hi)
+    errors = []
+    for i in np.flatnonzero(~finite.all(axis=1) | ~gripper_ok):
+        where = f"row {rows[i]['_index']} (id {rows[i]['row']['id']})"
+        if not finite[i].all():
+            d = int(np.flatnonzero(~finite[i])[0])
+            errors.append((i, f"{where}: 'raw_actions' {ACTION_DIMS[d]} is {actions[i, d]} (NaN/inf)"))
+        else:
+            errors.append(
+                (
+                    i,
+                    f"{where}: gripper {actions[i, -1]} is outside the '{convention}' convention "
+                    f"[{lo}, {hi}]",
+                )
+            )
+    return errors
 
 
 def preprocess(
@@ -82,35 +93,56 @@ def preprocess(
     skip_invalid: bool = False,
 ) -> tuple[list[dict], ActionBins, dict]:
     """Rows of LAPA's finetune JSON -> (JSONL rows, bins, metadata). Raises InvalidRowError."""
-    kept, actions, questions, skipped = [], [], [], []
+    skipped: list[str] = []
+    kept = []
     for index, row in enumerate(rows):
-        try:
-            _, a, question = _row_actions(row, index, gripper_convention)
-        except InvalidRowError as e:
-            if not skip_invalid:
-                raise
-            skipped.append(str(e))
-            continue
-        kept.append(row)
-        actions.append(a)
-        questions.append(question)
+        problem = _structure_error(row, index)
+        if problem is None:
+            kept.append({"_index": index, "row": row})
+        elif not skip_invalid:
+            raise InvalidRowError(problem)
+        else:
+            skipped.append(problem)
+    try:
+        actions = np.array([k["row"]["conversations"][1]["raw_actions"] for k in kept], np.float64)
+    except (TypeError, ValueError):  # a non-numeric value somewhere: find it row by row
+        actions = np.full((len(kept), len(ACTION_DIMS)), np.nan)
+        for i, k in enumerate(kept):
+            try:
+                actions[i] = np.asarray(k["row"]["conversations"][1]["raw_actions"], np.float64)
+            except (TypeError, ValueError):
+                raw = k["row"]["conversations"][1]["raw_actions"]
+                message = f"row {k['_index']} (id {k['row']['id']}): 'raw_actions' must be numbers, got {raw}"
+                if not skip_invalid:
+                    raise InvalidRowError(message) from None
+                skipped.append(message)
+    errors = _value_errors(kept, actions, gripper_convention)
+    if errors:
+        if not skip_invalid:
+            raise InvalidRowError(errors[0][1])
+        skipped.extend(message for _, message in errors)
+        bad = {i for i, _ in errors} | set(np.flatnonzero(np.isnan(actions).all(axis=1)).tolist())
+        keep = np.array([i not in bad for i in range(len(kept))], bool)
+        kept = [k for k, ok in zip(kept, keep, strict=True) if ok]
+        actions = actions[keep]
     if not kept:
         raise InvalidRowError("no valid rows")
-    actions = np.stack(actions)
     bins = ActionBins.fit(actions, num_bins, scheme, gripper_convention)
     if gripper_threshold is None:
         lo, hi = GRIPPER_CONVENTIONS[gripper_convention]
         gripper_threshold = (lo + hi) / 2.0
     ids, clipped = bins.encode(actions, gripper_threshold)
-    decoded = bins.decode(ids)
-    error = np.abs(decoded - actions)
+    error = np.abs(bins.decode(ids) - actions)
     out = []
-    for row, i, question in zip(kept, ids, questions, strict=True):
-        record = {k: v for k, v in row.items() if k != "conversations"}
-        record["raw_actions"] = row["conversations"][1]["raw_actions"]
-        record["action"] = [int(v) for v in i]
-        record["fields"] = "[instruction],[vision],action"
-        record["instruction"] = SYSTEM.format(question=question)
+    for k, row_ids in zip(kept, ids.tolist(), strict=True):
+        record = dict(k["row"])
+        convo = record.pop("conversations")
+        record["raw_actions"] = convo[1]["raw_actions"]
+        record["action"] = row_ids
+        record["fields"] = FIELDS
+        record["instruction"] = (
+            f"{SYSTEM_PREFIX}{str(convo[0]['value']).replace(IMAGE_TAG, '')}{SYSTEM_SUFFIX}"
+        )
         out.append(record)
     metadata = {
         "version": VERSION,
