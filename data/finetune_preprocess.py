@@ -172,6 +172,34 @@ def preprocess(
     return out, bins, metadata
 
 
+def add_vision(
+    out: list[dict],
+    metadata: dict,
+    checkpoint: Path,
+    config: str | None,
+    image_root: Path | None,
+    skip_invalid: bool,
+) -> None:
+    """Adds VQGAN codes (``vision``) to every row in place; an unreadable image is an error
+    naming the row (or, with ``skip_invalid``, a skipped and listed row)."""
+    from latent_pretraining.vla_data import vqgan_encoder
+
+    encode = vqgan_encoder(checkpoint, config, augment=False, seed=0, image_root=image_root)
+    codes = encode(out, [f"row id {r['id']}" for r in out])
+    keep = []
+    for row, row_codes in zip(out, codes, strict=True):
+        if isinstance(row_codes, Exception):
+            if not skip_invalid:
+                raise SystemExit(f"{row_codes}; nothing was written") from None
+            metadata["skipped_rows"].append(str(row_codes))
+            continue
+        row["vision"] = row_codes
+        keep.append(row)
+    out[:] = keep
+    metadata["rows"] = len(out)
+    metadata["vision_tokens_per_image"] = len(out[0]["vision"]) if out else 0
+
+
 def write_all(files: list[tuple[Path, Any]]) -> None:
     """Writes every ``(path, writer)`` to a temporary file, then renames them all: a failure
     leaves the previous outputs (or none) in place, never a partial set."""
@@ -204,6 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gripper_threshold", type=float, default=None, help="default: midway")
     parser.add_argument("--skip_invalid", action="store_true")
     parser.add_argument("--metadata", type=Path, default=None, help="default: the CSV path with .json")
+    parser.add_argument(
+        "--vqgan_checkpoint",
+        type=Path,
+        default=None,
+        help="also add 'vision' tokens (LWM's vqgan pickle; config beside it or --vqgan_config)",
+    )
+    parser.add_argument("--vqgan_config", default=None, help="lwm / small / tiny or a JSON file")
+    parser.add_argument("--image_root", type=Path, default=None, help="base of relative image paths")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -225,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"{args.input_path}: {e}; nothing was written (--skip_invalid skips such rows)"
         ) from None
+    if args.vqgan_checkpoint is not None:
+        add_vision(
+            out, metadata, args.vqgan_checkpoint, args.vqgan_config, args.image_root, args.skip_invalid
+        )
     metadata_path = args.metadata or args.csv_filename.with_suffix(".json")
     write_all(
         [

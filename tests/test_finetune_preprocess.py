@@ -139,3 +139,113 @@ def test_cli_writes_all_outputs_or_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"row 7 \(id ep_7\).*dx is inf.*nothing was written"):
         main(args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]
+
+
+def test_output_equals_lapas_on_a_small_input_field_by_field(tmp_path):
+    """Hand-derived LAPA output: qcut(2 bins) of dx = [0, 1, 2, 3] has edges [0, 1.5, 3]; assign_bin gives
+    0, 0, 1 and (x >= last edge) 1; every other dimension is constant per row set here."""
+    rows = []
+    for i, dx in enumerate([0.0, 1.0, 2.0, 3.0]):
+        raw = [dx, dx, dx, dx, dx, dx, float(i % 2)]
+        rows.append(
+            {
+                "id": f"r{i}",
+                "image": f"/x/{i}.jpg",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat action should the robot take to `wave`"},
+                    {"from": "gpt", "raw_actions": raw},
+                ],
+            }
+        )
+    expected = [
+        {
+            "id": f"r{i}",
+            "image": f"/x/{i}.jpg",
+            "raw_actions": [dx] * 6 + [float(i % 2)],
+            "action": [b] * 6 + [i % 2],
+            "fields": "[instruction],[vision],action",
+            "instruction": "<s> You are a helpful assistant. USER: What action should the robot take to "
+            "`wave` ASSISTANT:",
+        }
+        for i, (dx, b) in enumerate(zip([0.0, 1.0, 2.0, 3.0], [0, 0, 1, 1], strict=True))
+    ]
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    main(
+        [
+            "--input_path",
+            str(tmp_path / "in.json"),
+            "--output_filename",
+            str(tmp_path / "out.jsonl"),
+            "--csv_filename",
+            str(tmp_path / "bins.csv"),
+            "--discretize_bins",
+            "2",
+        ]
+    )
+    got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for g, e in zip(got, expected, strict=True):
+        assert list(g) == list(e)  # same keys in LAPA's order
+        assert g == e
+    bins = ActionBins.from_csv(tmp_path / "bins.csv")
+    np.testing.assert_allclose(bins.edges[0], [0.0, 1.5, 3.0])
+    np.testing.assert_allclose(bins.edges[6], [-0.5, 0.5, 1.5])  # LAPA's gripper row
+
+
+def test_unreadable_json_is_a_clear_error(tmp_path):
+    (tmp_path / "in.json").write_text('[{"id": 1,')
+    with pytest.raises(SystemExit, match=r"in\.json: unreadable JSON"):
+        main(
+            [
+                "--input_path",
+                str(tmp_path / "in.json"),
+                "--output_filename",
+                str(tmp_path / "o.jsonl"),
+                "--csv_filename",
+                str(tmp_path / "b.csv"),
+            ]
+        )
+
+
+def test_vqgan_checkpoint_adds_vision_tokens_in_the_same_run(tmp_path):
+    from flax import nnx
+    from PIL import Image
+
+    from latent_pretraining.vqgan.images import preprocess as prep
+    from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
+    from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
+
+    cfg = get_vqgan_config("tiny")
+    model = VQGAN(cfg, rngs=nnx.Rngs(0))
+    save_lwm_vqgan(model, tmp_path / "vqgan")
+    (tmp_path / "vqgan_config.json").write_text(cfg.to_json())
+    rows = _rows(4)
+    rng = np.random.default_rng(0)
+    for i, row in enumerate(rows):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        row["image"] = f"{i}.png"
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    args = [
+        "--input_path",
+        str(tmp_path / "in.json"),
+        "--output_filename",
+        str(tmp_path / "out.jsonl"),
+        "--csv_filename",
+        str(tmp_path / "bins.csv"),
+        "--discretize_bins",
+        "4",
+        "--vqgan_checkpoint",
+        str(tmp_path / "vqgan"),
+        "--image_root",
+        str(tmp_path),
+    ]
+    main(args)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    image = np.asarray(Image.open(tmp_path / "2.png"))
+    _, codes = model.encode(prep(image, 32)[None])
+    assert out[2]["vision"] == np.asarray(codes).reshape(-1).tolist()
+    rows[1]["image"] = "missing.png"
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    (tmp_path / "out.jsonl").unlink()
+    with pytest.raises(SystemExit, match=r"row id ep_1: cannot read image .*missing\.png"):
+        main(args)
+    assert not (tmp_path / "out.jsonl").exists()
