@@ -1,0 +1,211 @@
+"""Latent-to-action decoder: latent action codes (optionally with the proprioceptive state)
+-> the continuous 7-D end-effector command.
+
+It lets a latent-pretrained VLA act without full finetuning: the VLA predicts 4 latent
+codes, this small MLP maps them to ``dx, dy, dz, droll, dpitch, dyaw, gripper``. Trained on
+labeled rows ``{"delta": [codes], "raw_actions": [7 floats], "state": [floats] (optional)}``
+on the shared training infrastructure:
+
+    python -m latent_pretraining.action_decoder train --config=latent_pretraining/configs/action_decoder.py \\
+        --config.data.train=labeled.jsonl --config.data.eval=held_out.jsonl --config.run_dir=runs/decoder
+
+Continuous dimensions are regressed on standardised targets; the gripper is a binary
+classifier (closed when its probability is >= 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from latent_pretraining.sharding import make_mesh
+from latent_pretraining.training import loop
+from latent_pretraining.training.checkpointing import Checkpointer
+from latent_pretraining.training.data import BatchStream
+from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.state import TrainState, compile_step, create_train_state, global_batch
+
+ACTION_DIMS = 7
+
+
+class ActionDecoder(nnx.Module):
+    """Embeds each code (per position), concatenates them with the state, and an MLP
+    predicts 6 standardised continuous values and a gripper logit."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        self.num_codes, self.codebook = cfg.num_codes, cfg.codebook_size
+        self.embed = nnx.Embed(cfg.num_codes * cfg.codebook_size, cfg.embed_dim, rngs=rngs)
+        width = cfg.num_codes * cfg.embed_dim + cfg.state_dim
+        layers = []
+        for _ in range(cfg.num_layers):
+            layers.append(nnx.Linear(width, cfg.hidden_dim, rngs=rngs))
+            width = cfg.hidden_dim
+        self.layers = nnx.List(layers)
+        self.out = nnx.Linear(width, ACTION_DIMS, rngs=rngs)
+        self.mean = nnx.Variable(jnp.zeros(ACTION_DIMS - 1))  # target statistics, set from the data
+        self.std = nnx.Variable(jnp.ones(ACTION_DIMS - 1))
+
+    def __call__(self, codes: jax.Array, state: jax.Array | None = None) -> jax.Array:
+        """codes [B, num_codes] int -> raw outputs [B, 7] (6 standardised values, gripper logit)."""
+        offsets = jnp.arange(self.num_codes) * self.codebook
+        x = self.embed(codes + offsets).reshape(codes.shape[0], -1)
+        if state is not None:
+            x = jnp.concatenate([x, state], axis=-1)
+        for layer in self.layers:
+            x = jax.nn.gelu(layer(x))
+        return self.out(x)
+
+    def predict(self, codes: jax.Array, state: jax.Array | None = None) -> jax.Array:
+        """Continuous 7-D actions in the data's units (gripper 0/1)."""
+        raw = self(codes, state)
+        continuous = raw[:, :-1] * self.std[...] + self.mean[...]
+        gripper = (raw[:, -1:] >= 0).astype(continuous.dtype)
+        return jnp.concatenate([continuous, gripper], axis=-1)
+
+
+def load_rows(path: str, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """``delta`` codes, ``raw_actions`` and (with ``state_dim``) ``state`` per row; errors name the line."""
+    codes, actions, states = [], [], []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+                c = [int(v) for v in row["delta"]]
+                a = [float(v) for v in row["raw_actions"]]
+                s = [float(v) for v in row["state"]] if cfg.state_dim else []
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"{where}: needs 'delta' codes and 'raw_actions'"
+                    + (" and 'state'" if cfg.state_dim else "")
+                    + f" ({type(e).__name__}: {e})"
+                ) from None
+            if len(c) != cfg.num_codes or not all(0 <= v < cfg.codebook_size for v in c):
+                raise ValueError(
+                    f"{where}: 'delta' must be {cfg.num_codes} codes in [0, {cfg.codebook_size})"
+                )
+            if len(a) != ACTION_DIMS or not np.isfinite(a).all():
+                raise ValueError(f"{where}: 'raw_actions' must be {ACTION_DIMS} finite numbers")
+            if len(s) != cfg.state_dim:
+                raise ValueError(f"{where}: 'state' has {len(s)} values, expected {cfg.state_dim}")
+            codes.append(c)
+            actions.append(a)
+            states.append(s)
+    if not codes:
+        raise ValueError(f"{path}: no rows")
+    return {
+        "codes": np.asarray(codes, np.int32),
+        "actions": np.asarray(actions, np.float32),
+        "state": np.asarray(states, np.float32).reshape(len(codes), cfg.state_dim),
+    }
+
+
+def _loss(model: ActionDecoder, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    raw = model(batch["codes"], batch["state"] if batch["state"].shape[-1] else None)
+    target = (batch["actions"][:, :-1] - model.mean[...]) / model.std[...]
+    mse = jnp.mean((raw[:, :-1] - target) ** 2)
+    closed = (batch["actions"][:, -1] >= 0.5).astype(jnp.float32)
+    bce = jnp.mean(optax.sigmoid_binary_cross_entropy(raw[:, -1], closed))
+    accuracy = jnp.mean((raw[:, -1] >= 0) == (closed > 0))
+    return mse + bce, {"mse_standardised": mse, "gripper_bce": bce, "gripper_accuracy": accuracy}
+
+
+def evaluate(model: ActionDecoder, data: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean absolute error per dimension in the data's units, and gripper accuracy."""
+    state = jnp.asarray(data["state"]) if data["state"].shape[-1] else None
+    predicted = np.asarray(model.predict(jnp.asarray(data["codes"]), state))
+    error = np.abs(predicted - data["actions"])
+    out = {f"mae_{d}": float(v) for d, v in enumerate(error[:, :-1].mean(axis=0))}
+    out["mae"] = float(error[:, :-1].mean())
+    out["gripper_accuracy"] = float((predicted[:, -1] == (data["actions"][:, -1] >= 0.5)).mean())
+    return out
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, float]:
+    run_dir = loop.prepare_run(config)
+    mesh = make_mesh(config.mesh)
+    train_data = load_rows(config.data.train, config.model)
+    eval_data = load_rows(config.data.eval, config.model) if config.data.eval else None
+    mean = train_data["actions"][:, :-1].mean(axis=0)
+    std = train_data["actions"][:, :-1].std(axis=0) + 1e-6
+
+    def factory(rngs: nnx.Rngs) -> ActionDecoder:
+        model = ActionDecoder(config.model, rngs=rngs)
+        model.mean[...], model.std[...] = jnp.asarray(mean), jnp.asarray(std)
+        return model
+
+    optimizer = optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, 50, config.total_steps),
+        weight_decay=config.weight_decay,
+    )
+    graphdef, state, shardings = create_train_state(factory, optimizer, mesh, config.seed)
+    per_host = config.batch_size // jax.process_count()
+    stream = BatchStream(
+        len(train_data["codes"]),
+        per_host,
+        lambda rows, epoch, index: {k: v[rows] for k, v in train_data.items()},
+        seed=config.seed,
+    )
+    checkpointer = Checkpointer(run_dir, keep=2, save_every=config.save_every, async_save=False)
+    state, start = loop.resume(checkpointer, state, stream)
+
+    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        def loss_fn(params):
+            return _loss(nnx.merge(graphdef, params, state["rest"]), batch)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, {
+            "loss": loss,
+            **metrics,
+        }
+
+    compiled = compile_step(step, state, global_batch(stream.peek(), mesh), shardings, mesh)
+    eval_fn = None
+    if eval_data is not None:
+        eval_fn = lambda state, _: evaluate(nnx.merge(graphdef, state["params"], state["rest"]), eval_data)  # noqa: E731
+    logger = MetricsLogger(run_dir)
+    settings = loop.LoopSettings(
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        eval_every=config.eval_every,
+        desc="action decoder",
+        items_name="examples",
+    )
+    state, last = loop.run(settings, compiled, state, stream, mesh, checkpointer, logger, eval_fn, start)
+    if jax.process_index() == 0:
+        (run_dir / "summary.json").write_text(json.dumps(last, indent=2))
+    checkpointer.close()
+    logger.close()
+    stream.close()
+    return last
+
+
+def main() -> None:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", "latent_pretraining/configs/action_decoder.py", "Decoder config."
+    )
+    logging.set_verbosity(logging.WARNING)
+
+    def run(_) -> None:
+        train(flags.FLAGS.config)
+
+    argv = [a for i, a in enumerate(sys.argv) if not (i == 1 and a == "train")]  # "train" is the only command
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
