@@ -192,19 +192,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def main() -> None:
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config", "latent_pretraining/configs/action_decoder.py", "Decoder config."
-    )
-    logging.set_verbosity(logging.WARNING)
-
-    def run(_) -> None:
-        train(flags.FLAGS.config)
-
     argv = [a for i, a in enumerate(sys.argv) if not (i == 1 and a == "train")]  # "train" is the only command
-    app.run(run, argv=argv)
+    loop.config_main(train, "latent_pretraining/configs/action_decoder.py", argv)
 
 
 if __name__ == "__main__":

@@ -310,18 +310,7 @@ class _DropKey:
 
 
 def main() -> None:
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config", "latent_pretraining/configs/lapa.py:debug_latent", "VLA training config."
-    )
-    logging.set_verbosity(logging.WARNING)
-
-    def run(_) -> None:  # absl treats a return value as the exit status
-        train(flags.FLAGS.config)
-
-    app.run(run)
+    loop.config_main(train, "latent_pretraining/configs/lapa.py:debug_latent")
 
 
 if __name__ == "__main__":

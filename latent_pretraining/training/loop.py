@@ -33,6 +33,21 @@ class LoopSettings:
     items_name: str = "examples"
 
 
+def config_main(train: Callable[[Any], Any], default_config: str, argv: list[str] | None = None) -> None:
+    """Runs ``train(config)`` with ``--config=<file.py>:<preset>`` and ``--config.a.b=value``
+    flags (ml_collections + absl); orbax's per-save INFO logs are silenced."""
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", default_config, "Run config: a Python file and preset.")
+    logging.set_verbosity(logging.WARNING)
+
+    def run(_) -> None:  # absl treats a return value as the exit status
+        train(flags.FLAGS.config)
+
+    app.run(run, argv=argv)
+
+
 def prepare_run(config: Any) -> Path:
     """Joins the cluster if one is described, checks that the global batch splits over the
     hosts, and creates the run directory with the run's ``config.json``."""

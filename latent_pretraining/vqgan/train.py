@@ -238,15 +238,4 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    config_flags.DEFINE_config_file(
-        "config", "latent_pretraining/configs/vqgan.py:small", "VQGAN training config."
-    )
-
-    def run(_):
-        train(flags.FLAGS.config)
-
-    app.run(run, argv=argv)
+    loop.config_main(train, "latent_pretraining/configs/vqgan.py:small", argv)
