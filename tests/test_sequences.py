@@ -103,3 +103,21 @@ def test_a_vision_vocabulary_without_the_end_of_vision_id_is_an_error(tok):
 def test_tokenizer_path_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextTokenizer(tmp_path / "nope.model")
+
+
+def test_demo_tokenizer_trains_from_jsonl_or_finetune_json(tmp_path):
+    import json
+
+    from data.train_text_tokenizer import instructions, train
+
+    rows = [{"instruction": f"push the {c} cube to the left"} for c in ("red", "green", "blue")] * 10
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    finetune = [{"conversations": [{"value": "<image>\nWhat action should the robot take to `open it`"}, {}]}]
+    (tmp_path / "ft.json").write_text(json.dumps(finetune))
+    assert instructions(tmp_path / "ft.json", "instruction") == [
+        "What action should the robot take to `open it`"
+    ]
+    model = train(instructions(tmp_path / "rows.jsonl", "instruction"), tmp_path / "tok.model", 120)
+    tok = TextTokenizer(model)
+    assert (tok.bos_id, tok.eos_id) == (1, 2)
+    assert tok.decode(tok.encode("push the green cube")) == "push the green cube"
