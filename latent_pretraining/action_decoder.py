@@ -183,11 +183,6 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         items_name="examples",
     )
     state, last = loop.run(settings, compiled, state, stream, mesh, checkpointer, logger, eval_fn, start)
-    if jax.process_index() == 0:
-        (run_dir / "summary.json").write_text(json.dumps(last, indent=2))
-    checkpointer.close()
-    logger.close()
-    stream.close()
     return last
 
 

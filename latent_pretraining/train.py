@@ -11,7 +11,6 @@ positions). Rerunning a command resumes its run directory from the newest checkp
 
 from __future__ import annotations
 
-import json
 import re
 
 import jax
@@ -286,11 +285,6 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if config.export_params:
         save_lapa_params(nnx.merge(graphdef, state["params"], state["rest"]), config.export_params, "bf16")
         print(f"exported {config.export_params} (LAPA params::, bf16)", flush=True)
-    if jax.process_index() == 0:
-        (run_dir / "summary.json").write_text(json.dumps(last, indent=2))
-    checkpointer.close()
-    logger.close()
-    data.close()
     return last
 
 

@@ -26,26 +26,11 @@ def eight_devices() -> list:
 @pytest.fixture(scope="session")
 def sp_model(tmp_path_factory) -> Path:
     """A tiny LLaMA-style SentencePiece model (BOS 1, EOS 2, UNK 0), trained here."""
-    import sentencepiece as spm
+    from data.train_text_tokenizer import train
 
-    folder = tmp_path_factory.mktemp("tokenizer")
     corpus = [
         "pick up the red cube and put it on the blue ball",
         "push the green triangle to the left of the table",
         "You are a helpful assistant. USER: What action should the robot take to",
-        "ASSISTANT: <vision> </vision> <delta> </delta> <action> </action>",
     ] * 50
-    (folder / "corpus.txt").write_text("\n".join(corpus))
-    spm.SentencePieceTrainer.train(
-        input=str(folder / "corpus.txt"),
-        model_prefix=str(folder / "tokenizer"),
-        vocab_size=160,
-        model_type="bpe",
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    return folder / "tokenizer.model"
+    return train(corpus, tmp_path_factory.mktemp("tokenizer") / "tokenizer.model", vocab_size=160)

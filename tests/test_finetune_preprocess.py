@@ -33,6 +33,19 @@ def _rows(n=500, seed=0):
     return rows
 
 
+def _cli(tmp_path, *extra: str) -> list[str]:
+    """Command line reading tmp_path/in.json and writing out.jsonl and bins.csv there."""
+    return [
+        "--input_path",
+        str(tmp_path / "in.json"),
+        "--output_filename",
+        str(tmp_path / "out.jsonl"),
+        "--csv_filename",
+        str(tmp_path / "bins.csv"),
+        *extra,
+    ]
+
+
 def test_every_dimension_keeps_its_bins_and_round_trips():
     actions = np.array([r["conversations"][1]["raw_actions"] for r in _rows()])
     bins = ActionBins.fit(actions, 64)
@@ -117,16 +130,7 @@ def test_invalid_rows_name_the_row_and_field(mutate, message):
 def test_cli_writes_all_outputs_or_nothing(tmp_path, capsys):
     rows = _rows(50)
     (tmp_path / "in.json").write_text(json.dumps(rows))
-    args = [
-        "--input_path",
-        str(tmp_path / "in.json"),
-        "--output_filename",
-        str(tmp_path / "out.jsonl"),
-        "--csv_filename",
-        str(tmp_path / "bins.csv"),
-        "--discretize_bins",
-        "32",
-    ]
+    args = _cli(tmp_path, "--discretize_bins", "32")
     main(args)
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 50
     meta = json.loads((tmp_path / "bins.json").read_text())
@@ -170,18 +174,7 @@ def test_output_equals_lapas_on_a_small_input_field_by_field(tmp_path):
         for i, (dx, b) in enumerate(zip([0.0, 1.0, 2.0, 3.0], [0, 0, 1, 1], strict=True))
     ]
     (tmp_path / "in.json").write_text(json.dumps(rows))
-    main(
-        [
-            "--input_path",
-            str(tmp_path / "in.json"),
-            "--output_filename",
-            str(tmp_path / "out.jsonl"),
-            "--csv_filename",
-            str(tmp_path / "bins.csv"),
-            "--discretize_bins",
-            "2",
-        ]
-    )
+    main(_cli(tmp_path, "--discretize_bins", "2"))
     got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     for g, e in zip(got, expected, strict=True):
         assert list(g) == list(e)  # same keys in LAPA's order
@@ -194,16 +187,7 @@ def test_output_equals_lapas_on_a_small_input_field_by_field(tmp_path):
 def test_unreadable_json_is_a_clear_error(tmp_path):
     (tmp_path / "in.json").write_text('[{"id": 1,')
     with pytest.raises(SystemExit, match=r"in\.json: unreadable JSON"):
-        main(
-            [
-                "--input_path",
-                str(tmp_path / "in.json"),
-                "--output_filename",
-                str(tmp_path / "o.jsonl"),
-                "--csv_filename",
-                str(tmp_path / "b.csv"),
-            ]
-        )
+        main(_cli(tmp_path))
 
 
 def test_vqgan_checkpoint_adds_vision_tokens_in_the_same_run(tmp_path):
@@ -224,20 +208,15 @@ def test_vqgan_checkpoint_adds_vision_tokens_in_the_same_run(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
         row["image"] = f"{i}.png"
     (tmp_path / "in.json").write_text(json.dumps(rows))
-    args = [
-        "--input_path",
-        str(tmp_path / "in.json"),
-        "--output_filename",
-        str(tmp_path / "out.jsonl"),
-        "--csv_filename",
-        str(tmp_path / "bins.csv"),
+    args = _cli(
+        tmp_path,
         "--discretize_bins",
         "4",
         "--vqgan_checkpoint",
         str(tmp_path / "vqgan"),
         "--image_root",
         str(tmp_path),
-    ]
+    )
     main(args)
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     image = np.asarray(Image.open(tmp_path / "2.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -87,7 +88,10 @@ def run(
     eval_fn: Callable[[TrainState, int], dict[str, float]] | None = None,
     start_step: int = 0,
 ) -> tuple[TrainState, dict[str, float]]:
-    """Runs ``step_fn`` from ``start_step`` to ``settings.total_steps``; returns state and last metrics."""
+    """Runs ``step_fn`` from ``start_step`` to ``settings.total_steps``; returns state and last metrics.
+
+    At the end the last metrics go to ``<run_dir>/summary.json`` and the checkpointer, the
+    logger and the data stream are closed."""
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     began = time.perf_counter()
@@ -135,6 +139,11 @@ def run(
         logger.log(settings.total_steps, final_eval, prefix="eval")
         last = {**last, **{f"eval_{k}": v for k, v in final_eval.items()}}
     took = time.perf_counter() - began
+    if jax.process_index() == 0:
+        (logger.run_dir / "summary.json").write_text(json.dumps(last, indent=2))
+    checkpointer.close()
+    logger.close()
+    data.close()
     print(
         f"{settings.desc}: {settings.total_steps - start_step} steps in {took:.1f}s; "
         + ", ".join(f"{k} {v:.4g}" for k, v in last.items()),

@@ -14,7 +14,6 @@ with ``vqgan_config.json``. A rerun with the same run_dir resumes from its newes
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -229,11 +228,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if jax.process_index() == 0:
         save_lwm_vqgan(model, run_dir / "vqgan")
         (run_dir / "vqgan_config.json").write_text(config.model.to_json(indent=2))
-        (run_dir / "summary.json").write_text(json.dumps(last, indent=2))
         print(f"exported {run_dir / 'vqgan'} (LWM pickle) and {run_dir / 'vqgan_config.json'}")
-    checkpointer.close()
-    logger.close()
-    data.close()
     return last
 
 
