@@ -1,0 +1,70 @@
+"""The latent action model's export format, and one loader for it and for LAPA's ``.pt``.
+
+An export is a directory with ``lam_config.json`` (the model config) and ``lam_state.msgpack``
+(every variable of the model, codebook included, as flax msgpack). It is written under a
+temporary name and renamed, so a directory that exists is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx, serialization
+
+from lam.model import LatentActionModel
+
+CONFIG_FILE, STATE_FILE = "lam_config.json", "lam_state.msgpack"
+
+
+def save_lam(model: LatentActionModel, out: str | Path) -> Path:
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(model)))
+    (tmp / STATE_FILE).write_bytes(serialization.msgpack_serialize(state))
+    (tmp / CONFIG_FILE).write_text(model.cfg.to_json(indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_config(path: str | Path) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads((Path(path) / CONFIG_FILE).read_text()))
+
+
+def load_lam(path: str | Path, *, image_size: int = 256, code_seq_len: int = 4) -> LatentActionModel:
+    """An export directory, a training run directory (its ``export/``), or LAPA's ``.pt``
+    (``image_size`` and ``code_seq_len`` apply to the ``.pt`` only)."""
+    path = Path(path)
+    if path.is_file():
+        from lam.convert import load_lapa_laq
+
+        return load_lapa_laq(path, image_size, code_seq_len)
+    if (path / "export" / CONFIG_FILE).exists():
+        path = path / "export"
+    if not (path / CONFIG_FILE).exists():
+        raise FileNotFoundError(
+            f"{path}: no {CONFIG_FILE} (expected a LAM export, a run directory or a .pt file)"
+        )
+    cfg = load_config(path)
+    model = LatentActionModel(cfg, nnx.Rngs(0))
+    try:
+        restored = serialization.msgpack_restore((path / STATE_FILE).read_bytes())
+    except Exception as e:
+        raise ValueError(f"{path / STATE_FILE}: unreadable ({e})") from None
+    state = nnx.state(model)
+    expected = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(state))
+    got = jax.tree.map(lambda x: np.shape(x), restored)
+    if expected != got:
+        raise ValueError(f"{path / STATE_FILE}: variables do not match {CONFIG_FILE}")
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model

@@ -1,0 +1,253 @@
+"""LAPA's latent action model (LAQ) in Flax NNX.
+
+Frames ``x_t`` and ``x_{t+H}`` ([B, 2, H, W, 3], values in [0, 1]) are cut into patches and
+embedded (LayerNorm, Linear, LayerNorm, shared by both frames). A spatial transformer (with
+a continuous 2-D position bias) and a temporal transformer encode them. The quantizer head
+projects each frame's features to ``quant_dim``, reduces the patch grid to ``code_seq_len``
+vectors with a small conv net, and quantizes the difference (future minus current). The
+decoder is a spatial transformer over the *current* frame's patch embeddings (not encoded)
+that cross-attends to the projected action vectors and predicts the future frame's pixels.
+
+Presets (``get_lam_config``): ``lapa`` (LAPA's released ``laq_openx``: 256x256, patch 32,
+dim 1024, 8+8 layers), ``small`` (64x64, patch 8, CPU-sized) and ``tiny`` (tests; the same
+shape as ``../shared/fixtures/laq_torch_tiny``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lam.layers import ContinuousPositionBias, LayerNorm, Linear, Transformer, torch_default_init
+from lam.quantizers import make_quantizer
+
+# LAPA's NSVQ conv head per code_seq_len: (kernel, stride, padding) of each conv, ReLU between
+CODE_HEADS: dict[int, tuple[tuple[tuple[int, int], int, int], ...]] = {
+    1: (((3, 3), 2, 1), ((4, 4), 1, 0)),
+    2: (((3, 3), 2, 1), ((3, 4), 1, 0)),
+    4: (((3, 3), 2, 1), ((3, 3), 1, 0)),
+    16: (((3, 3), 2, 1), ((3, 3), 2, 1)),
+    64: (((3, 3), 2, 1),),
+    256: (((3, 3), 2, 1),),
+}
+
+
+def quantizer_options(kind: str) -> ml_collections.ConfigDict:
+    q = ml_collections.ConfigDict()
+    q.init_scale = 1.0  # codebook init std (LAPA: N(0, 1))
+    q.dead_threshold = 0.03  # dead: share of assignments below dead_threshold / codebook_size
+    if kind == "nsvq":
+        q.schedule = "lapa"  # lapa | periodic
+        q.replace_every = 100  # periodic schedule
+        q.replace_until = 0  # periodic: last step that may replace (0 = no limit)
+        q.replace_noise = 0.01  # relative to the codebook's RMS
+    elif kind == "vq_ema":
+        q.ema_decay = 0.99
+        q.commitment_cost = 0.25
+        q.restart_every = 50
+    elif kind == "fsq":
+        q.levels = (2, 2, 2)
+    else:
+        raise ValueError(f"unknown quantizer {kind!r}; choose nsvq, vq_ema or fsq")
+    return q
+
+
+def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.image_size, c.patch_size, c.channels = 64, 8, 3
+    c.dim, c.quant_dim = 256, 32
+    c.spatial_depth, c.temporal_depth = 3, 3
+    c.heads, c.dim_head = 4, 64
+    c.codebook_size, c.code_seq_len = 8, 4
+    c.dtype, c.param_dtype = "float32", "float32"
+    c.remat = False
+    # LAPA's NSVQ hands the decoder its (B*L, D) vectors reshaped to (B, D, L) and transposed,
+    # which shuffles features across the action tokens; released checkpoints depend on it
+    c.lapa_token_layout = False
+    if preset == "lapa":
+        c.lapa_token_layout = True
+        c.image_size, c.patch_size = 256, 32
+        c.dim, c.quant_dim = 1024, 32
+        c.spatial_depth = c.temporal_depth = 8
+        c.heads, c.dim_head = 16, 64
+    elif preset == "tiny":
+        c.dim, c.quant_dim = 128, 16
+        c.spatial_depth = c.temporal_depth = 2
+        c.heads, c.dim_head = 4, 32
+    elif preset != "small":
+        raise ValueError(f"unknown LAM preset {preset!r}; choose lapa, small or tiny")
+    c.quantizer = quantizer
+    c.quantizer_options = quantizer_options(quantizer)
+    return c
+
+
+def code_grid(code_seq_len: int) -> tuple[int, int]:
+    """LAPA arranges the action tokens as a square grid (or 2x1 for two tokens)."""
+    side = math.isqrt(code_seq_len)
+    if side * side == code_seq_len:
+        return side, side
+    if code_seq_len == 2:
+        return 2, 1
+    raise ValueError(f"code_seq_len {code_seq_len} must be a square number or 2")
+
+
+def patchify(frames: jax.Array, p: int) -> jax.Array:
+    """[B, T, H, W, C] -> [B, T, H/p, W/p, C*p*p], features in LAPA's ``(c p1 p2)`` order."""
+    b, t, hh, ww, c = frames.shape
+    x = frames.reshape(b, t, hh // p, p, ww // p, p, c)
+    return jnp.transpose(x, (0, 1, 2, 4, 6, 3, 5)).reshape(b, t, hh // p, ww // p, c * p * p)
+
+
+def unpatchify(x: jax.Array, p: int, c: int) -> jax.Array:
+    """Inverse of :func:`patchify`."""
+    b, t, h, w, _ = x.shape
+    x = x.reshape(b, t, h, w, c, p, p)
+    return jnp.transpose(x, (0, 1, 2, 5, 3, 6, 4)).reshape(b, t, h * p, w * p, c)
+
+
+class Conv2d(nnx.Module):
+    """A plain 2-D convolution (NHWC, HWIO kernel, explicit symmetric padding)."""
+
+    def __init__(
+        self, ch: int, kernel: tuple[int, int], stride: int, padding: int, rngs: nnx.Rngs, param_dtype
+    ):
+        self.stride, self.padding = stride, padding
+        self.kernel = nnx.Param(
+            torch_default_init(rngs.params(), (*kernel, ch, ch), param_dtype), logical_axes=(None,) * 4
+        )
+        self.bias = nnx.Param(jnp.zeros((ch,), param_dtype), logical_axes=(None,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pad = ((self.padding, self.padding), (self.padding, self.padding))
+        y = jax.lax.conv_general_dilated(
+            x,
+            self.kernel[...].astype(x.dtype),
+            (self.stride, self.stride),
+            pad,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + self.bias[...].astype(x.dtype)
+
+
+class CodeHead(nnx.Module):
+    """Per-frame features [B, h, w, dim] -> ``code_seq_len`` vectors [B, L, quant_dim]."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, grid: tuple[int, int], rngs: nnx.Rngs, param_dtype):
+        if cfg.code_seq_len not in CODE_HEADS:
+            raise ValueError(f"code_seq_len {cfg.code_seq_len} is not one of LAPA's {sorted(CODE_HEADS)}")
+        self.project_in = Linear(cfg.dim, cfg.quant_dim, rngs, param_dtype=param_dtype)
+        self.convs = nnx.List(
+            [Conv2d(cfg.quant_dim, k, s, p, rngs, param_dtype) for k, s, p in CODE_HEADS[cfg.code_seq_len]]
+        )
+        h, w = grid
+        for (kh, kw), s, p in CODE_HEADS[cfg.code_seq_len]:
+            h, w = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+        if h * w != cfg.code_seq_len:
+            raise ValueError(
+                f"a {grid[0]}x{grid[1]} patch grid gives {h}x{w} codes, not code_seq_len={cfg.code_seq_len}; "
+                "LAPA's code heads expect an 8x8 grid for 1, 2 and 4 codes (e.g. 256px/32 or 64px/8)"
+            )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.project_in(x).astype(jnp.float32)
+        for i, conv in enumerate(self.convs):
+            y = conv(y)
+            if i < len(self.convs) - 1:
+                y = jax.nn.relu(y)
+        return y.reshape(y.shape[0], -1, y.shape[-1])
+
+
+class LatentActionModel(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.grid = (cfg.image_size // cfg.patch_size,) * 2
+        self.action_grid = code_grid(cfg.code_seq_len)
+        patch_dim = cfg.channels * cfg.patch_size**2
+        self.patch_norm_in = LayerNorm(patch_dim, param_dtype=pdt)
+        self.patch_proj = Linear(patch_dim, cfg.dim, rngs, axes=(None, "embed"), param_dtype=pdt)
+        self.patch_norm_out = LayerNorm(cfg.dim, param_dtype=pdt)
+        self.position_bias = ContinuousPositionBias(cfg.dim, cfg.heads, rngs, param_dtype=pdt)
+        kw = dict(remat=cfg.remat, dtype=dtype, param_dtype=pdt)
+        self.enc_spatial = Transformer(cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head, rngs, **kw)
+        self.enc_temporal = Transformer(cfg.dim, cfg.temporal_depth, cfg.heads, cfg.dim_head, rngs, **kw)
+        self.code_head = CodeHead(cfg, self.grid, rngs, pdt)
+        self.quantizer = make_quantizer(cfg, rngs, pdt)
+        self.project_out = Linear(cfg.quant_dim, cfg.dim, rngs, axes=(None, "embed"), param_dtype=pdt)
+        self.dec_spatial = Transformer(
+            cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head, rngs, cross=True, **kw
+        )
+        self.to_pixels = Linear(cfg.dim, patch_dim, rngs, axes=("embed", None), param_dtype=pdt)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def embed_patches(self, frames: jax.Array) -> jax.Array:
+        """[B, T, H, W, C] in [0, 1] -> patch tokens [B, T, h, w, dim]."""
+        x = self.patch_norm_in(patchify(frames.astype(jnp.float32), self.cfg.patch_size))
+        return self.patch_norm_out(self.patch_proj(x).astype(jnp.float32))
+
+    def encode(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Spatial then temporal transformer; returns the two frames' features [B, 1, h, w, dim]."""
+        b, t, h, w, d = tokens.shape
+        video_shape = (b, t, h, w)
+        x = tokens.reshape(b * t, h * w, d).astype(jnp.dtype(self.cfg.dtype))
+        x = self.enc_spatial(x, video_shape, attn_bias=self.position_bias(h, w))
+        x = jnp.transpose(x.reshape(b, t, h, w, d), (0, 2, 3, 1, 4)).reshape(b * h * w, t, d)
+        x = self.enc_temporal(x, video_shape)
+        x = jnp.transpose(x.reshape(b, h, w, t, d), (0, 3, 1, 2, 4)).astype(jnp.float32)
+        return x[:, :1], x[:, 1:]
+
+    def action_vectors(self, first: jax.Array, last: jax.Array) -> jax.Array:
+        """The vectors to quantize: code head(future) - code head(current), [B, L, quant_dim]."""
+        return self.code_head(last[:, 0]) - self.code_head(first[:, 0])
+
+    def action_tokens(self, vectors: jax.Array) -> jax.Array:
+        """Quantized vectors [B, L, quant_dim] -> the decoder's context tokens [B, L, dim]."""
+        if self.cfg.lapa_token_layout:
+            b, n, d = vectors.shape
+            vectors = jnp.transpose(vectors.reshape(b, d, n), (0, 2, 1))
+        return self.project_out(vectors)
+
+    def decode(self, first_patch_tokens: jax.Array, action_tokens: jax.Array) -> jax.Array:
+        """Current-frame patch tokens [B, 1, h, w, dim] + action tokens [B, L, dim] -> frame [B, H, W, C]."""
+        b, _, h, w, d = first_patch_tokens.shape
+        dtype = jnp.dtype(self.cfg.dtype)
+        x = first_patch_tokens.reshape(b, h * w, d).astype(dtype)
+        x = self.dec_spatial(
+            x, (b, 1, h, w), attn_bias=self.position_bias(h, w), context=action_tokens.astype(dtype)
+        )
+        pixels = self.to_pixels(x.astype(jnp.float32)).reshape(b, 1, h, w, -1)
+        return unpatchify(pixels, self.cfg.patch_size, self.cfg.channels)[:, 0]
+
+    # -- whole model ---------------------------------------------------------------------------
+    def __call__(self, frames: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> dict:
+        """Training (NSVQ noise / straight-through) or hard-code forward.
+
+        Returns ``recon`` [B, H, W, C], ``codes`` [B, L], ``z`` (vectors before quantization)
+        and ``aux_loss`` (the quantizer's own loss, e.g. VQ commitment).
+        """
+        tokens = self.embed_patches(frames)
+        first, last = self.encode(tokens)
+        z = self.action_vectors(first, last)
+        quantized, codes, aux = self.quantizer.quantize(z, train, rng)
+        recon = self.decode(jax.lax.stop_gradient(tokens[:, :1]), self.action_tokens(quantized))
+        return {"recon": recon, "codes": codes, "z": z, "aux_loss": aux}
+
+    def codes(self, frames: jax.Array) -> jax.Array:
+        """Hard latent action codes [B, L] of frame pairs [B, 2, H, W, C]."""
+        first, last = self.encode(self.embed_patches(frames))
+        return self.quantizer.quantize(self.action_vectors(first, last), False)[1]
+
+    def reconstruct(self, frames: jax.Array, codes: jax.Array | None = None) -> jax.Array:
+        """The future frame predicted from the current frame and ``codes`` (default: the pair's hard codes).
+
+        Only the current frame ``frames[:, 0]`` is read when ``codes`` are given."""
+        if codes is None:
+            codes = self.codes(frames)
+        tokens = self.embed_patches(frames[:, :1])
+        return self.decode(tokens, self.action_tokens(self.quantizer.lookup(codes)))
