@@ -6,7 +6,8 @@ Layout of DIR (written under a temporary name and renamed when complete, so a ru
 that dies never leaves a dataset that looks finished):
 
     videos/index.json            one entry per episode: id, task, instruction, success, frames
-    videos/frames.jsonl          one row per frame: id, episode_id, t, image (absolute path), instruction
+    videos/frames.jsonl          one row per frame: id, episode_id, t, image (absolute path), instruction,
+                                 raw_actions (the 7 floats taken at that frame; absent on the last frame)
     videos/<episode_id>/000.png  frames (unlabeled videos: for the latent action model)
     rlds/tabletop/1.0.0/         the same episodes as an RLDS/TFDS dataset (TFRecords)
     finetune.json                LAPA's finetune JSON (one row per step of successful episodes)
@@ -141,18 +142,16 @@ def make_dataset(
                 ep_dir.mkdir(parents=True)
                 for t, frame in enumerate(episode["frames"]):
                     Image.fromarray(frame).save(ep_dir / f"{t:03d}.png")
-                    frames_jsonl.write(
-                        json.dumps(
-                            {
-                                "id": f"{episode['episode_id']}_{t:03d}",
-                                "episode_id": episode["episode_id"],
-                                "t": t,
-                                "image": str(out / "videos" / episode["episode_id"] / f"{t:03d}.png"),
-                                "instruction": episode["instruction"],
-                            }
-                        )
-                        + "\n"
-                    )
+                    row = {
+                        "id": f"{episode['episode_id']}_{t:03d}",
+                        "episode_id": episode["episode_id"],
+                        "t": t,
+                        "image": str(out / "videos" / episode["episode_id"] / f"{t:03d}.png"),
+                        "instruction": episode["instruction"],
+                    }
+                    if t < len(episode["actions"]):  # the last frame has no action
+                        row["raw_actions"] = [float(a) for a in episode["actions"][t]]
+                    frames_jsonl.write(json.dumps(row) + "\n")
                 frames_total += len(episode["frames"])
                 successes += episode["success"]
                 index.append(

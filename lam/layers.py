@@ -125,15 +125,16 @@ class PEG(nnx.Module):
     def __call__(self, x: jax.Array, video_shape: tuple[int, int, int, int]) -> jax.Array:
         """``x`` [N, n, d] is reinterpreted (row-major reshape) as ``video_shape + (d,)``."""
         shape = x.shape
+        _, t, h, w = video_shape
         v = x.reshape(*video_shape, shape[-1]).astype(self.dtype)
         v = jnp.pad(v, ((0, 0), (2, 0), (1, 1), (1, 1), (0, 0)))
-        y = jax.lax.conv_general_dilated(
-            v,
-            self.kernel[...].astype(self.dtype),
-            window_strides=(1, 1, 1),
-            padding="VALID",
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-            feature_group_count=shape[-1],
+        kernel = self.kernel[...].astype(self.dtype)
+        # a sum of 27 shifted copies: XLA's grouped convolution is ~15x slower on CPU
+        y = sum(
+            v[:, a : a + t, b : b + h, c : c + w] * kernel[a, b, c, 0]
+            for a in range(3)
+            for b in range(3)
+            for c in range(3)
         )
         return (y + self.bias[...].astype(self.dtype)).reshape(shape)
 

@@ -55,6 +55,9 @@ def test_frames_jsonl_lists_every_frame_in_order(dataset):
     mine = [r for r in rows if r["episode_id"] == first["episode_id"]]
     assert [r["t"] for r in mine] == list(range(len(first["frames"])))
     assert mine[0]["instruction"] == first["instruction"]
+    for row in mine[:-1]:  # the action taken at each frame; the last frame has none
+        np.testing.assert_array_equal(row["raw_actions"], first["actions"][row["t"]])
+    assert "raw_actions" not in mine[-1] and len(mine[0]["raw_actions"]) == 7
     np.testing.assert_array_equal(np.asarray(Image.open(mine[-1]["image"])), first["frames"][-1])
 
 
