@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from latent_pretraining.action_bins import GRIPPER_CONVENTIONS, ActionBins
+from latent_pretraining.prompts import wrap_question
 
 VERSION = 1
 ACTION_DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-SYSTEM_PREFIX, SYSTEM_SUFFIX = "<s> You are a helpful assistant. USER: ", " ASSISTANT:"  # LAPA's prompt
 FIELDS = "[instruction],[vision],action"
 IMAGE_TAG = "<image>\n"
 
@@ -140,9 +140,7 @@ def preprocess(
         record["raw_actions"] = convo[1]["raw_actions"]
         record["action"] = row_ids
         record["fields"] = FIELDS
-        record["instruction"] = (
-            f"{SYSTEM_PREFIX}{str(convo[0]['value']).replace(IMAGE_TAG, '')}{SYSTEM_SUFFIX}"
-        )
+        record["instruction"] = wrap_question(str(convo[0]["value"]).replace(IMAGE_TAG, ""))
         out.append(record)
     metadata = {
         "version": VERSION,

@@ -29,13 +29,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_pretraining.prompts import LAPA_QUESTION
 from sim.env import EnvConfig, TabletopEnv
 from sim.expert import ScriptedExpert
 from sim.tasks import TASK_KINDS
 
 FORMATS = ("videos", "rlds", "finetune")
-# LAPA's question (its samplers build the same string, backticks included)
-LAPA_QUESTION = "What action should the robot take to `{task}`"
 
 
 def run_episode(env: TabletopEnv, seed: int, task: str, noise: float) -> dict[str, Any]:

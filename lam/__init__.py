@@ -1,1 +1,1 @@
-"""Latent action model (stage 1 of LAPA): arrives with its own issue."""
+"""Latent action model (stage 1 of LAPA): LAQ model, quantizers, data, training, labelling."""

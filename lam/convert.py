@@ -114,6 +114,7 @@ def infer_config(
     if cfg.channels * patch * patch != patch_dim:
         raise ValueError(f"patch embedding of {patch_dim} features is not {cfg.channels} x p x p")
     cfg.patch_size, cfg.image_size, cfg.code_seq_len = patch, image_size, code_seq_len
+    cfg.lapa_token_layout, cfg.predict_residual = True, False  # LAPA's architecture
     return cfg
 
 

@@ -42,8 +42,9 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None) -> jax.Ar
 
 def l2_normalize(x: jax.Array) -> jax.Array:
     xf = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(jnp.square(xf), axis=-1, keepdims=True))
-    return (xf / jnp.maximum(norm, L2_EPS)).astype(x.dtype)
+    # x / max(|x|, eps), written so that the gradient at x = 0 is finite
+    sum_sq = jnp.sum(jnp.square(xf), axis=-1, keepdims=True)
+    return (xf * jax.lax.rsqrt(jnp.maximum(sum_sq, L2_EPS**2))).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):

@@ -41,6 +41,10 @@ class CodeCounts(nnx.Variable):
     """Assignments per code since the last replacement (a statistic, not a parameter)."""
 
 
+class Restarts(nnx.Variable):
+    """How many codes have been replaced since training began."""
+
+
 class EMAState(nnx.Variable):
     """The EMA codebook and its statistics (updated by ``maintain``, not by gradients)."""
 
@@ -76,6 +80,7 @@ class NSVQ(nnx.Module):
             logical_axes=(None, None),
         )
         self.counts = CodeCounts(jnp.zeros((self.size,), jnp.float32))
+        self.restarts_total = Restarts(jnp.zeros((), jnp.int32))
 
     def lookup(self, codes: jax.Array) -> jax.Array:
         return jnp.take(self.codebook[...], codes, axis=0)
@@ -86,7 +91,7 @@ class NSVQ(nnx.Module):
         if not train:
             return hard, codes, jnp.zeros((), jnp.float32)
         noise = jax.random.normal(rng, z.shape, z.dtype)
-        residual = jnp.sqrt(jnp.sum(jnp.square(z - hard), axis=-1, keepdims=True))
+        residual = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(z - hard), axis=-1, keepdims=True), 1e-24))
         noise_norm = jnp.sqrt(jnp.sum(jnp.square(noise), axis=-1, keepdims=True))
         return z + residual / (noise_norm + NSVQ_EPS) * noise, codes, jnp.zeros((), jnp.float32)
 
@@ -116,6 +121,7 @@ class NSVQ(nnx.Module):
         fresh = codebook[sources] + self.replace_noise * rms * jax.random.normal(noise, codebook.shape)
         self.codebook[...] = jnp.where(replace[:, None], fresh.astype(codebook.dtype), codebook)
         self.counts[...] = jnp.where(due, jnp.zeros_like(counts), counts)
+        self.restarts_total[...] += jnp.sum(replace).astype(jnp.int32)
         return {"dead_codes": jnp.sum(dead), "restarts": jnp.sum(replace)}
 
 
@@ -129,6 +135,7 @@ class VQEMA(nnx.Module):
         self.codebook = EMAState(init)
         self.ema_count = EMAState(jnp.ones((self.size,), jnp.float32))
         self.ema_sum = EMAState(init)
+        self.restarts_total = Restarts(jnp.zeros((), jnp.int32))
 
     def lookup(self, codes: jax.Array) -> jax.Array:
         return jnp.take(self.codebook[...], codes, axis=0)
@@ -158,6 +165,7 @@ class VQEMA(nnx.Module):
         self.codebook[...] = jnp.where(restart[:, None], fresh, codebook)
         self.ema_count[...] = jnp.where(restart, expected, count)
         self.ema_sum[...] = jnp.where(restart[:, None], fresh * expected, total)
+        self.restarts_total[...] += jnp.sum(restart).astype(jnp.int32)
         return {"dead_codes": jnp.sum(dead), "restarts": jnp.sum(restart)}
 
 
@@ -172,6 +180,7 @@ class FSQ(nnx.Module):
         self.size, self.dim = cfg.codebook_size, cfg.quant_dim
         self.proj_in = Linear(cfg.quant_dim, len(levels), rngs, param_dtype=param_dtype)
         self.proj_out = Linear(len(levels), cfg.quant_dim, rngs, param_dtype=param_dtype)
+        self.restarts_total = Restarts(jnp.zeros((), jnp.int32))  # FSQ has no codebook to restart
 
     def _bound(self, x: jax.Array) -> jax.Array:
         levels = jnp.asarray(self.levels, jnp.float32)

@@ -48,7 +48,7 @@ def resolve_config(checkpoint: Path, config: str | None) -> ml_collections.Confi
     return get_vqgan_config(config)
 
 
-def _rows_done(partial: Path) -> int:
+def rows_done(partial: Path) -> int:
     """Complete lines already in a partial output; a cut-off last line is removed."""
     if not partial.exists():
         return 0
@@ -95,7 +95,7 @@ def encode_jsonl(
     """Writes ``output_path`` (atomically, resumably); returns counts. ``shard=(i, n)``
     encodes only input lines i, i+n, i+2n, ... (one shard per host)."""
     partial = output_path.with_name(output_path.name + ".partial")
-    done = _rows_done(partial)
+    done = rows_done(partial)
     with open(input_path) as f:
         numbered = [(n, line) for n, line in enumerate(f, start=1) if (n - 1) % shard[1] == shard[0]]
     encoder = Encoder(model, batch_size)

@@ -1,0 +1,328 @@
+"""Trains the latent action model on frame pairs, on the shared training infrastructure.
+
+    python -m lam.train --config=lam/configs/lam.py:small[,vq_ema|fsq] --config.run_dir=runs/lam \\
+        [--config.data.source=folder --config.data.path=DIR --config.data.offset=1]
+
+Loss: mean squared error of the predicted future frame (LAPA's) plus the quantizer's own
+loss (VQ commitment). After each optimizer step the quantizer maintains its codebook on the
+global batch (``lam.quantizers``). Evaluation uses hard codes on pairs from held-out
+episodes: PSNR and its gain over copying x_t, action sensitivity (PSNR with the pair's own
+codes minus with another pair's), codebook usage and perplexity per position and joint, and
+when the source has actions, linear/MLP probe R^2 and mutual information between codes and
+the true action (``eval.probe_dims``). Each evaluation writes ``quality_<step>.json`` and
+PNG grids; the end of training writes ``quality.json`` and the export ``<run_dir>/export``
+(``lam.checkpoint``). A rerun with the same run_dir resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from lam import metrics
+from lam.checkpoint import save_lam
+from lam.data import (
+    Episode,
+    PairBatches,
+    drop_static,
+    frame_pairs,
+    open_episodes,
+    pair_actions,
+    pair_stream,
+    select_pairs,
+    split_episodes,
+)
+from lam.model import LatentActionModel
+from lam.visualize import save_reconstruction_grid, save_same_code_grid
+from latent_pretraining.sharding import make_mesh
+from latent_pretraining.training import loop
+from latent_pretraining.training.checkpointing import Checkpointer
+from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.state import (
+    TrainState,
+    batch_sharding,
+    compile_step,
+    create_train_state,
+    global_batch,
+)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    total = max(config.total_steps, config.warmup_steps + 1)
+    if config.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total)
+    elif config.schedule == "constant":
+        lr = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+                optax.constant_schedule(config.learning_rate),
+            ],
+            [config.warmup_steps],
+        )
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine or constant")
+    adam = optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
+
+
+def batch_code_stats(codes: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """Mean over positions of the fraction of codes used and of the perplexity, in this batch."""
+    onehot = jax.nn.one_hot(codes, size, dtype=jnp.float32)  # [B, L, K]
+    freq = onehot.mean(0)
+    entropy = -jnp.sum(jnp.where(freq > 0, freq * jnp.log(jnp.maximum(freq, 1e-12)), 0.0), axis=-1)
+    return jnp.mean(jnp.mean(freq > 0, axis=-1)), jnp.mean(jnp.exp(entropy))
+
+
+def make_step(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict
+):
+    size = config.model.codebook_size
+
+    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        frames = batch["frames"]
+        rng, noise_key, upkeep_key = jax.random.split(state["rng"], 3)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["rest"])
+            out = model(frames, train=True, rng=noise_key)
+            rec = jnp.mean(jnp.square(out["recon"].astype(jnp.float32) - frames[:, 1]))
+            return rec + out["aux_loss"], (rec, out["codes"], out["z"])
+
+        (loss, (rec, codes, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        step_no = state["step"] + 1
+        model = nnx.merge(graphdef, params, state["rest"])
+        upkeep = model.quantizer.maintain(z, codes, step_no, upkeep_key)
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        usage, perplexity = batch_code_stats(codes, size)
+        new_state = {"params": params, "rest": rest, "opt_state": opt_state, "step": step_no, "rng": rng}
+        return new_state, {
+            "loss": loss,
+            "rec_mse": rec,
+            "psnr": metrics.psnr(rec),
+            "batch_code_usage": usage,
+            "batch_perplexity": perplexity,
+            "grad_norm": optax.tree.norm(grads),
+            **upkeep,
+        }
+
+    return step
+
+
+class Evaluator:
+    """Quality of the current model on held-out pairs (hard codes); see the module docstring."""
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        episodes: list[Episode],
+        holdout_pairs: np.ndarray,
+        probe_pairs: np.ndarray,
+        mesh,
+        config: ml_collections.ConfigDict,
+        run_dir: Path,
+    ):
+        self.graphdef, self.mesh, self.config, self.run_dir = graphdef, mesh, config, run_dir
+        self.chunk = max(mesh.size, (config.batch_size // mesh.size) * mesh.size)
+        batches = PairBatches(episodes)
+        self.holdout = batches.make_batch(holdout_pairs, config.model.image_size)["frames"]
+        self.probe_frames = batches.make_batch(probe_pairs, config.model.image_size)["frames"]
+        self.holdout_actions = pair_actions(episodes, holdout_pairs)
+        self.probe_actions = pair_actions(episodes, probe_pairs)
+
+        @jax.jit
+        def codes_and_recons(params, rest, frames, swap):
+            model = nnx.merge(graphdef, params, rest)
+            codes = model.codes(frames)
+            own = model.reconstruct(frames, codes)
+            swapped = model.reconstruct(frames, codes[swap])
+            return codes, own, swapped
+
+        @jax.jit
+        def codes_only(params, rest, frames):
+            return nnx.merge(graphdef, params, rest).codes(frames)
+
+        @jax.jit
+        def decode(params, rest, frames, codes):
+            return nnx.merge(graphdef, params, rest).reconstruct(frames, codes)
+
+        self._codes_and_recons, self._codes_only, self._decode = codes_and_recons, codes_only, decode
+
+    def _chunks(self, frames: np.ndarray):
+        """Equal-size sharded chunks (the last one padded); yields (array, valid rows)."""
+        for start in range(0, len(frames), self.chunk):
+            part = frames[start : start + self.chunk]
+            valid = len(part)
+            if valid < self.chunk:
+                part = np.concatenate([part, np.repeat(part[-1:], self.chunk - valid, axis=0)])
+            yield jax.device_put(part, batch_sharding(self.mesh, part.ndim, part.shape)), valid
+
+    def __call__(self, state: TrainState, step: int) -> dict[str, float]:
+        params, rest = state["params"], state["rest"]
+        codes, own, swapped = [], [], []
+        with jax.set_mesh(self.mesh):
+            for frames, valid in self._chunks(self.holdout):
+                swap = jnp.asarray(np.roll(np.arange(self.chunk), 1))  # every row takes another row's codes
+                c, o, s = jax.device_get(self._codes_and_recons(params, rest, frames, swap))
+                codes.append(c[:valid]), own.append(o[:valid]), swapped.append(s[:valid])
+            probe_codes = [
+                jax.device_get(self._codes_only(params, rest, f))[:v]
+                for f, v in self._chunks(self.probe_frames)
+            ]
+        codes, own, swapped = np.concatenate(codes), np.concatenate(own), np.concatenate(swapped)
+        first, target = self.holdout[:, 0], self.holdout[:, 1]
+        report = metrics.copy_baseline_gain(own, first, target)
+        report["action_sensitivity"] = metrics.action_sensitivity(
+            metrics.psnr(metrics.per_image_mse(own, target)),
+            metrics.psnr(metrics.per_image_mse(swapped, target)),
+        )
+        report["codebook"] = metrics.codebook_stats(codes, self.config.model.codebook_size)
+        model = nnx.merge(self.graphdef, params, rest)
+        report["restarts_total"] = int(jax.device_get(model.quantizer.restarts_total[...]))
+        if self.holdout_actions is not None and self.probe_actions is not None:
+            report["probe"] = self._probe(np.concatenate(probe_codes), codes)
+        if jax.process_index() == 0:
+            self._save(report, codes, own, step, params, rest)
+        return _scalars(report)
+
+    def _probe(self, probe_codes: np.ndarray, holdout_codes: np.ndarray) -> dict:
+        all_codes = np.concatenate([probe_codes, holdout_codes])
+        actions = np.concatenate([self.probe_actions, self.holdout_actions])
+        train_mask = np.arange(len(all_codes)) < len(probe_codes)
+        return metrics.probe_report(
+            all_codes,
+            actions,
+            train_mask,
+            self.config.model.codebook_size,
+            dims=tuple(self.config.eval.probe_dims),
+        )
+
+    def _save(self, report: dict, codes: np.ndarray, own: np.ndarray, step: int, params, rest) -> None:
+        text = json.dumps(report, indent=2)
+        (self.run_dir / f"quality_{step:07d}.json").write_text(text)
+        (self.run_dir / "quality.json").write_text(text)
+        rows = min(8, len(own))
+        save_reconstruction_grid(
+            self.holdout[:rows, 0], self.holdout[:rows, 1], own[:rows], self.run_dir / f"recon_{step:07d}.png"
+        )
+        tuples, counts = np.unique(codes, axis=0, return_counts=True)
+        chosen = tuples[np.argsort(-counts)[:6]]  # the most frequent code tuples ...
+        firsts = self.holdout[:rows]  # ... applied to the same starting frames
+        with jax.set_mesh(self.mesh):
+            recons = [
+                np.concatenate(
+                    [
+                        jax.device_get(self._decode(params, rest, f, self._tile(c, f)))[:v]
+                        for f, v in self._chunks(firsts)
+                    ]
+                )
+                for c in chosen
+            ]
+        save_same_code_grid(firsts[:, 0], np.stack(recons), self.run_dir / f"same_code_{step:07d}.png")
+
+    def _tile(self, code: np.ndarray, frames: jax.Array) -> jax.Array:
+        tiled = np.tile(code[None], (frames.shape[0], 1)).astype(np.int32)
+        return jax.device_put(tiled, batch_sharding(self.mesh, 2, tiled.shape))
+
+
+def _scalars(report: dict) -> dict[str, float]:
+    """The report's headline numbers for the metrics log."""
+    out = {k: float(report[k]) for k in ("psnr_recon", "psnr_copy", "psnr_gain", "action_sensitivity")}
+    book = report["codebook"]
+    out.update(
+        code_usage=book["mean_usage"],
+        min_position_usage=book["min_position_usage"],
+        perplexity=book["mean_perplexity"],
+        joint_usage=book["joint_usage"],
+        joint_perplexity=book["joint_perplexity"],
+        restarts_total=float(report["restarts_total"]),
+    )
+    if "probe" in report:
+        out.update(
+            probe_linear_r2=report["probe"]["linear_r2_mean"], probe_mlp_r2=report["probe"]["mlp_r2_mean"]
+        )
+    return out
+
+
+def load_pairs(config: ml_collections.ConfigDict) -> tuple[list[Episode], np.ndarray, np.ndarray]:
+    """Episodes, training pairs and held-out pairs (split by episode)."""
+    data = config.data
+    options: dict = {}
+    if data.source == "tabletop":
+        options = dict(
+            image_size=config.model.image_size, count=data.episodes, seed=config.seed, noise=data.noise
+        )
+    elif data.source == "rlds":
+        options = dict(image_key=data.image_key)
+    episodes = open_episodes(data.source, data.path, **options)
+    if len(episodes) < 2:
+        raise ValueError(
+            f"{data.source} source {data.path!r} has {len(episodes)} episode(s); need 2+ to hold one out"
+        )
+    pairs = frame_pairs(episodes, data.offset, data.offset_seconds or None)
+    if data.drop_static > 0:
+        pairs, dropped = drop_static(episodes, pairs, data.drop_static)
+        print(f"dropped {dropped} static pairs (mean |difference| < {data.drop_static})", flush=True)
+    train_eps, holdout_eps = split_episodes(len(episodes), data.holdout_fraction, config.seed)
+    train, holdout = select_pairs(pairs, train_eps), select_pairs(pairs, holdout_eps)
+    if len(train) == 0 or len(holdout) == 0:
+        raise ValueError(f"{len(train)} training and {len(holdout)} held-out pairs: need both")
+    print(
+        f"{len(episodes)} episodes: {len(train)} training pairs, {len(holdout)} held-out pairs "
+        f"({len(holdout_eps)} episodes)",
+        flush=True,
+    )
+    return episodes, train, holdout
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, float]:
+    run_dir = loop.prepare_run(config)
+    mesh = make_mesh(config.mesh)
+    episodes, train_pairs, holdout_pairs = load_pairs(config)
+    data = pair_stream(episodes, train_pairs, config.batch_size, config.model.image_size, config.seed)
+    optimizer = build_optimizer(config)
+    graphdef, state, shardings = create_train_state(
+        lambda rngs: LatentActionModel(config.model, rngs), optimizer, mesh, config.seed
+    )
+    checkpointer = Checkpointer(
+        run_dir,
+        keep=config.keep_checkpoints,
+        save_every=config.save_every,
+        async_save=config.async_checkpoints,
+    )
+    state, start = loop.resume(checkpointer, state, data)
+    logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+    example = global_batch(data.peek(), mesh)
+    step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
+    rng = np.random.default_rng(config.seed)
+    holdout = holdout_pairs[np.sort(rng.permutation(len(holdout_pairs))[: config.eval.max_pairs])]
+    probe = train_pairs[np.sort(rng.permutation(len(train_pairs))[: config.eval.probe_train_pairs])]
+    evaluator = Evaluator(graphdef, episodes, holdout, probe, mesh, config, run_dir)
+    settings = loop.LoopSettings(
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        eval_every=config.eval_every,
+        desc="lam",
+        items_name="pairs",
+    )
+    state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, evaluator, start)
+    if jax.process_index() == 0:
+        save_lam(nnx.merge(graphdef, state["params"], state["rest"]), run_dir / "export")
+        print(f"exported {run_dir / 'export'}", flush=True)
+    return last
+
+
+def main(argv: list[str] | None = None) -> None:
+    loop.config_main(train, "lam/configs/lam.py:small", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Latent action model: training on the shared infrastructure, sharding, resume, labelling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import override, run_killed_at_step
+
+from lam.checkpoint import load_lam
+from lam.configs.lam import get_config
+from lam.data import PairBatches, frame_pairs, image_folders
+from lam.label import main as label_main
+from lam.model import LatentActionModel, code_grid, get_lam_config, patchify, unpatchify
+from lam.train import build_optimizer, make_step, train
+from latent_pretraining.sharding import make_mesh
+from latent_pretraining.training.state import compile_step, create_train_state, global_batch
+
+
+def _config(tmp_path, name: str = "run", **overrides):
+    config = get_config("tiny")
+    return override(config, {"run_dir": str(tmp_path / name), "async_checkpoints": False, **overrides})
+
+
+def test_patchify_round_trip_and_lapa_feature_order():
+    x = jnp.asarray(np.random.default_rng(0).random((2, 1, 16, 16, 3)), jnp.float32)
+    patches = patchify(x, 8)
+    assert patches.shape == (2, 1, 2, 2, 192)
+    # feature index = c * 64 + p1 * 8 + p2 ('(c p1 p2)' as LAPA's Rearrange)
+    assert float(patches[0, 0, 1, 0, 1 * 64 + 2 * 8 + 5]) == float(x[0, 0, 8 + 2, 5, 1])
+    np.testing.assert_array_equal(np.asarray(unpatchify(patches, 8, 3)), np.asarray(x))
+
+
+def test_code_layout_errors_are_clear():
+    assert code_grid(4) == (2, 2) and code_grid(2) == (2, 1)
+    with pytest.raises(ValueError, match="square"):
+        code_grid(3)
+    cfg = get_lam_config("tiny")
+    cfg.image_size = 32  # 4x4 patch grid: LAPA's 4-code head needs 8x8
+    with pytest.raises(ValueError, match="8x8"):
+        LatentActionModel(cfg, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("quantizer", ["nsvq", "vq_ema", "fsq"])
+def test_sharded_training_matches_one_device(tmp_path, eight_devices, quantizer):
+    """Three steps on a dp x fsdp mesh of 8 devices reproduce the single-device losses."""
+    config = get_config(f"tiny,{quantizer}")
+    config.batch_size = 8
+    frames = np.random.default_rng(0).random((8, 2, 64, 64, 3)).astype(np.float32)
+    frames[:, 1] = np.roll(frames[:, 0], 2, axis=2)
+
+    def losses(mesh_spec: str, devices: list) -> list[float]:
+        mesh = make_mesh(mesh_spec, devices)
+        optimizer = build_optimizer(config)
+        graphdef, state, shardings = create_train_state(
+            lambda rngs: LatentActionModel(config.model, rngs), optimizer, mesh, 0
+        )
+        batch = global_batch({"frames": frames}, mesh)
+        step = compile_step(make_step(graphdef, optimizer, config), state, batch, shardings, mesh)
+        out = []
+        for _ in range(3):
+            state, metrics = step(state, batch)
+            out.append(float(metrics["loss"]))
+        return out
+
+    single = losses("1,1,1,1", eight_devices[:1])
+    sharded = losses("2,4,1,1", eight_devices)
+    np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-5)
+    assert single[-1] < single[0]
+
+
+def test_bf16_compute_stays_close_to_fp32():
+    cfg32 = get_lam_config("tiny")
+    cfg16 = get_lam_config("tiny")
+    cfg16.dtype = "bfloat16"
+    frames = jnp.asarray(np.random.default_rng(1).random((2, 2, 64, 64, 3)), jnp.float32)
+    m32, m16 = LatentActionModel(cfg32, nnx.Rngs(0)), LatentActionModel(cfg16, nnx.Rngs(0))
+    r32 = m32.reconstruct(frames, jnp.zeros((2, 4), jnp.int32))
+    r16 = m16.reconstruct(frames, jnp.zeros((2, 4), jnp.int32))
+    assert r16.dtype == jnp.float32
+    err = float(jnp.max(jnp.abs(r32 - r16)))
+    assert 0 < err < 0.1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run on simulated tabletop episodes (30 steps, evaluated at 15 and 30)."""
+    tmp = tmp_path_factory.mktemp("lam")
+    config = _config(tmp)
+    last = train(config)
+    return config, last
+
+
+def test_training_reports_quality_and_exports(trained):
+    config, last = trained
+    run = config.run_dir
+    lines = [json.loads(x) for x in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    train_losses = [x["train/loss"] for x in lines if "train/loss" in x]
+    assert train_losses[-1] < train_losses[0]
+    quality = json.loads(Path(f"{run}/quality.json").read_text())
+    # the copy baseline and the gain are consistent, and every headline number is present
+    assert quality["psnr_gain"] == pytest.approx(quality["psnr_recon"] - quality["psnr_copy"], abs=1e-6)
+    assert len(quality["codebook"]["position_usage"]) == 4
+    assert {"linear_r2", "mlp_r2", "mi_bits"} <= set(quality["probe"])
+    for key in ("eval_psnr_gain", "eval_action_sensitivity", "eval_code_usage", "eval_probe_linear_r2"):
+        assert key in last
+    for name in ("recon_0000030.png", "same_code_0000030.png", "quality_0000015.json"):
+        assert (Path(run) / name).exists(), name
+    model = load_lam(run)  # the run directory resolves to its export
+    assert model.cfg.dim == config.model.dim
+
+
+def test_resume_after_kill_reproduces_the_run(tmp_path, monkeypatch):
+    full = _config(tmp_path, "full", total_steps=12, save_every=4, eval_every=0, log_every=4)
+    train(full)
+    killed = _config(tmp_path, "killed", total_steps=12, save_every=4, eval_every=0, log_every=4)
+    run_killed_at_step(monkeypatch, 7, lambda: train(killed))  # dies asking for step 7's batch
+    train(killed)  # resumes from the step-4 checkpoint
+
+    def read(name: str) -> list[dict]:
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines if "train/loss" in json.loads(x)]
+
+    full_losses = {x["step"]: x["train/loss"] for x in read("full")}
+    resumed = {x["step"]: x["train/loss"] for x in read("killed")}
+    for step in (8, 12):
+        assert resumed[step] == pytest.approx(full_losses[step], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tabletop_videos(tmp_path_factory):
+    from data.make_tabletop import make_dataset
+    from sim.env import EnvConfig
+
+    out = tmp_path_factory.mktemp("tabletop") / "data"
+    make_dataset(out, 3, EnvConfig(image_size=64), formats=("videos", "rlds"))
+    return out
+
+
+def test_label_writes_lapa_rows_with_the_models_codes(trained, tabletop_videos, tmp_path):
+    config, _ = trained
+    out = tmp_path / "latent.jsonl"
+    label_main(["--lam", config.run_dir, "--source", "folder", "--path", str(tabletop_videos / "videos"),
+                "--out", str(out), "--batch_size", "8"])  # fmt: skip
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    episodes = image_folders(tabletop_videos / "videos")
+    assert len(rows) == sum(e.num_frames for e in episodes)  # clamp: every frame gets a row
+    assert set(rows[0]) == {"image", "instruction", "delta", "fields"}
+    assert rows[0]["fields"] == "[instruction],[vision],delta"
+    assert rows[0]["instruction"].startswith("<s> You are a helpful assistant. USER: What action should")
+    assert rows[0]["image"] == episodes[0].image_paths[0]
+    # the codes are the model's hard codes of (t, t+1), and the last frame pairs with itself
+    model = load_lam(config.run_dir)
+    pairs = frame_pairs(episodes, 1, tail="clamp")[:8]
+    frames = PairBatches(episodes).make_batch(pairs, 64)["frames"]
+    expected = np.asarray(model.codes(jnp.asarray(frames)))
+    assert [[int(c) for c in r["delta"]] for r in rows[:8]] == expected.tolist()
+    last = episodes[0].num_frames - 1
+    assert rows[last]["image"] == episodes[0].image_paths[last]
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_label_drop_tail_resume_and_rlds_frames(trained, tabletop_videos, tmp_path):
+    config, _ = trained
+    rlds = tabletop_videos / "rlds" / "tabletop" / "1.0.0"
+    args = [
+        "--lam",
+        config.run_dir,
+        "--source",
+        "rlds",
+        "--path",
+        str(rlds),
+        "--tail",
+        "drop",
+        "--batch_size",
+        "8",
+    ]
+    full = tmp_path / "full.jsonl"
+    label_main([*args, "--out", str(full)])
+    rows = full.read_text().splitlines()
+    episodes = image_folders(tabletop_videos / "videos")
+    assert len(rows) == sum(e.num_frames - 1 for e in episodes)  # drop: no row without t+1
+    first = json.loads(rows[0])["image"]
+    assert first.startswith(str(full) + ".frames")  # RLDS frames are written as PNG for the rows
+    # a run that died after 5 rows (and a cut line) resumes to the same file
+    resumed = tmp_path / "resumed.jsonl"
+    partial = resumed.with_name(resumed.name + ".partial")
+    partial.write_text("\n".join(rows[:5]).replace(str(full), str(resumed)) + "\n" + rows[5][:20])
+    label_main([*args, "--out", str(resumed)])
+    assert resumed.read_text() == full.read_text().replace(str(full), str(resumed))
+
+
+def test_label_output_feeds_latent_pretraining(trained, tabletop_videos, tmp_path, sp_model):
+    """A labelled row becomes a latent-pretraining example whose latent targets are its codes."""
+    from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTokenizer
+
+    config, _ = trained
+    out = tmp_path / "latent.jsonl"
+    label_main(["--lam", config.run_dir, "--source", "folder", "--path", str(tabletop_videos / "videos"),
+                "--out", str(out), "--batch_size", "8"])  # fmt: skip
+    row = json.loads(out.read_text().splitlines()[3])
+    builder = SequenceBuilder(TextTokenizer(sp_model), SequenceConfig(tokens_per_frame=16))
+    row["vision"] = list(range(16))  # stand-in image tokens; the layout, not the image, is tested here
+    example = builder(row)
+    latent = example.ids[example.modality == 2]
+    assert latent.tolist() == [int(c) for c in row["delta"]]
+    assert example.loss_mask[example.modality == 2].tolist() == [1.0] * 4
+
+
+def test_mesh_data_parallel_labeller_matches_plain_model(trained):
+    from lam.label import CodeLabeler
+
+    config, _ = trained
+    model = load_lam(config.run_dir)
+    frames = np.random.default_rng(0).random((11, 2, 64, 64, 3)).astype(np.float32)
+    codes = CodeLabeler(model, batch_size=16)(frames)  # 8 devices, padded batch
+    assert codes.shape == (11, 4)
+    np.testing.assert_array_equal(codes, np.asarray(jax.jit(model.codes)(jnp.asarray(frames))))
