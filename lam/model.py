@@ -49,6 +49,7 @@ def quantizer_options(kind: str) -> ml_collections.ConfigDict:
         q.ema_decay = 0.99
         q.commitment_cost = 0.25
         q.restart_every = 50
+        q.dead_threshold = 0.25  # restart codes chosen less than a quarter as often as uniform
     elif kind == "fsq":
         q.levels = (8,)  # levels of 2 are lopsided in FSQ (even-level offset): prefer >= 3
     else:
@@ -188,6 +189,8 @@ class LatentActionModel(nnx.Module):
             cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head, rngs, cross=True, **kw
         )
         self.to_pixels = Linear(cfg.dim, patch_dim, rngs, axes=("embed", None), param_dtype=pdt)
+        if cfg.predict_residual:  # start exactly at the copy baseline
+            self.to_pixels.kernel[...] = jnp.zeros_like(self.to_pixels.kernel[...])
 
     # -- pieces --------------------------------------------------------------------------------
     def embed_patches(self, frames: jax.Array) -> jax.Array:

@@ -3,11 +3,14 @@
 #   1. the synthetic tabletop world writes a small dataset in every format the pipeline reads,
 #   2. the closed-loop evaluator scores the scripted expert and a random policy,
 #   3. a small VQGAN tokenizer trains on the tabletop frames and pre-tokenizes them,
-#   4. LAPA's finetune preprocessing bins the expert's actions (with vision tokens from step 3), and the
-#      debug VLA is finetuned on them and scored on held-out episodes (action accuracy, MAE),
-#   5. the VLA core trains on synthetic latent-action rows, exports a LAPA checkpoint, reloads
+#   4. the latent action model trains on the videos and labels every frame with latent codes
+#      (LAPA's latent-pretraining JSONL, with the vision tokens of step 3), and the debug VLA is
+#      latent-pretrained on them,
+#   5. LAPA's finetune preprocessing bins the expert's actions (with vision tokens from step 3), and the
+#      latent-pretrained VLA is finetuned on them and scored on held-out episodes (action accuracy, MAE),
+#   6. the VLA core trains on synthetic latent-action rows, exports a LAPA checkpoint, reloads
 #      it and generates latent actions with the KV-cache sampler.
-# Output goes to $DEMO_OUT (default demo_out/). Extra arguments go to step 5.
+# Output goes to $DEMO_OUT (default demo_out/). Extra arguments go to step 6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -26,17 +29,31 @@ $PY -m latent_pretraining.vqgan train --config=latent_pretraining/configs/vqgan.
 rm -f "$OUT/frames.vision.jsonl"
 $PY -m latent_pretraining.vqgan encode --checkpoint "$OUT/vqgan/vqgan" \
     --input "$OUT/tabletop/videos/frames.jsonl" --output "$OUT/frames.vision.jsonl"
-echo "== 4. actions: bin the expert's actions, finetune the debug VLA on them, score held-out episodes"
+echo "== 4. latent actions: train the latent action model, label every frame, latent-pretrain the debug VLA"
+rm -rf "$OUT/lam" "$OUT/latent.jsonl"
+$PY -m lam.train --config=lam/configs/lam.py:small,vq_ema --config.data.source=folder \
+    --config.data.path="$OUT/tabletop/videos" --config.total_steps=200 --config.eval_every=0 \
+    --config.save_every=200 --config.learning_rate=5e-4 --config.run_dir="$OUT/lam"
+$PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/tabletop/videos" --out "$OUT/latent.jsonl" \
+    --vqgan_checkpoint "$OUT/vqgan/vqgan"
+head -n 460 "$OUT/latent.jsonl" > "$OUT/latent_train.jsonl"   # rows are in episode order:
+tail -n +461 "$OUT/latent.jsonl" > "$OUT/latent_eval.jsonl"   # the last episodes are held out
+$PY -m data.train_text_tokenizer --input "$OUT/latent.jsonl" --output "$OUT/tokenizer.model"
+rm -rf "$OUT/vla_latent"
+$PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_latent \
+    --config.data.train="$OUT/latent_train.jsonl" --config.data.eval="$OUT/latent_eval.jsonl" \
+    --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
+    --config.total_steps=200 --config.batch_size=16 --config.eval_every=0 --config.run_dir="$OUT/vla_latent"
+echo "== 5. actions: bin the expert's actions, finetune the latent-pretrained VLA on them, score held-out episodes"
 $PY -m data.finetune_preprocess --input_path "$OUT/tabletop/finetune.json" --output_filename "$OUT/finetune.jsonl" \
     --csv_filename "$OUT/bins.csv" --discretize_bins 32 --vqgan_checkpoint "$OUT/vqgan/vqgan"
 head -n 430 "$OUT/finetune.jsonl" > "$OUT/finetune_train.jsonl"   # rows are in episode order:
 tail -n +431 "$OUT/finetune.jsonl" > "$OUT/finetune_eval.jsonl"   # the last episodes are held out
-$PY -m data.train_text_tokenizer --input "$OUT/finetune.jsonl" --output "$OUT/tokenizer.model"
 rm -rf "$OUT/vla_finetune"
 $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_finetune \
     --config.data.train="$OUT/finetune_train.jsonl" --config.data.eval="$OUT/finetune_eval.jsonl" \
     --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
     --config.data.action_bins="$OUT/bins.csv" --config.total_steps=300 --config.batch_size=16 --config.eval_every=0 \
-    --config.run_dir="$OUT/vla_finetune"
-echo "== 5. VLA core: train, export a LAPA checkpoint, reload, generate latent actions"
+    --config.init="$OUT/vla_latent" --config.run_dir="$OUT/vla_finetune"
+echo "== 6. VLA core: train, export a LAPA checkpoint, reload, generate latent actions"
 $PY -m latent_pretraining.demo --out "$OUT/vla" "$@"
