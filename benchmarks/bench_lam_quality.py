@@ -29,14 +29,17 @@ RUNS = {
     "vq_ema": ("small,vq_ema", {}),
     "fsq": ("small,fsq", {}),
     "nsvq": ("small,nsvq", {}),
+    "nsvq_batch": ("small,nsvq", {"replace_from": "batch"}),
     "nsvq_lapa": ("small,nsvq", {"replace_noise": 1e-12}),
 }
 
 
-def run(name: str, steps: int, episodes: int, noise: float, lr: float, out: Path) -> dict:
+def run(
+    name: str, steps: int, episodes: int, noise: float, lr: float, out: Path, eval_every: int = 0
+) -> dict:
     preset, quantizer_options = RUNS[name]
     config = get_config(preset)
-    config.total_steps, config.eval_every, config.save_every = steps, 0, steps
+    config.total_steps, config.eval_every, config.save_every = steps, eval_every, steps
     config.learning_rate, config.data.episodes, config.data.noise = lr, episodes, noise
     config.run_dir = str(out / name)
     for key, value in quantizer_options.items():
@@ -71,10 +74,14 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=1.0, help="expert action noise")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--runs", default="vq_ema,nsvq_lapa")
+    p.add_argument(
+        "--eval_every", type=int, default=0, help="also evaluate every N steps (quality_<step>.json)"
+    )
     p.add_argument("--out", default="runs/bench_lam_quality")
     args = p.parse_args()
     results = [
-        run(n, args.steps, args.episodes, args.noise, args.lr, Path(args.out)) for n in args.runs.split(",")
+        run(n, args.steps, args.episodes, args.noise, args.lr, Path(args.out), args.eval_every)
+        for n in args.runs.split(",")
     ]
     cols = ("run", "psnr_gain", "action_sensitivity", "min_position_usage", "joint_distinct",
             "probe_linear_r2", "probe_mlp_r2", "pairs_per_s")  # fmt: skip

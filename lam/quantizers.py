@@ -16,7 +16,9 @@ Quantizers:
   ``z + ||z - c|| / (||r|| + eps) * r`` with ``r ~ N(0, I)`` (LAPA adds eps outside the
   division). Codes whose share of the assignments since the last replacement is below
   ``dead_threshold / K`` are replaced by a used code plus noise of ``replace_noise`` times
-  the codebook's RMS (LAPA adds 1e-12 noise: the copy ties with its source and stays dead),
+  the codebook's RMS (``replace_from="codes"``; LAPA adds 1e-12 noise: the copy ties with its
+  source and stays dead) or by action vectors of the batch (``"batch"``: the codes move to
+  where the data is, which matters early, when the vectors are far smaller than the N(0, 1) codes),
   on LAPA's schedule (steps 1, 101, ..., 901, then 1001, 1501, ..., 4501) or periodically.
 - ``vq_ema``: VQ with an EMA codebook (decay, Laplace smoothing), commitment loss and
   dead-code restarts from the batch's vectors every ``restart_every`` steps.
@@ -74,6 +76,9 @@ class NSVQ(nnx.Module):
         self.size, self.dim = cfg.codebook_size, cfg.quant_dim
         q = cfg.quantizer_options
         self.dead_threshold, self.replace_noise = q.dead_threshold, q.replace_noise
+        self.replace_from = q.replace_from
+        if self.replace_from not in ("codes", "batch"):
+            raise ValueError(f"replace_from must be 'codes' or 'batch', got {self.replace_from!r}")
         self.schedule, self.replace_every, self.replace_until = q.schedule, q.replace_every, q.replace_until
         self.codebook = nnx.Param(
             q.init_scale * jax.random.normal(rngs.params(), (self.size, self.dim), param_dtype),
@@ -118,7 +123,11 @@ class NSVQ(nnx.Module):
         rms = jnp.sqrt(
             jnp.sum(used[:, None] * jnp.square(codebook)) / jnp.maximum(used.sum() * self.dim, 1.0)
         )
-        fresh = codebook[sources] + self.replace_noise * rms * jax.random.normal(noise, codebook.shape)
+        if self.replace_from == "batch":  # vectors of this (global) batch: codes where the data is
+            flat = jax.lax.stop_gradient(z).reshape(-1, self.dim).astype(codebook.dtype)
+            fresh = flat[jax.random.randint(pick, (self.size,), 0, flat.shape[0])]
+        else:  # LAPA: copies of used codes (plus noise: an exact copy ties with its source forever)
+            fresh = codebook[sources] + self.replace_noise * rms * jax.random.normal(noise, codebook.shape)
         self.codebook[...] = jnp.where(replace[:, None], fresh.astype(codebook.dtype), codebook)
         self.counts[...] = jnp.where(due, jnp.zeros_like(counts), counts)
         self.restarts_total[...] += jnp.sum(replace).astype(jnp.int32)

@@ -71,6 +71,17 @@ def test_nsvq_replaces_dead_codes_only_when_due():
     np.testing.assert_array_equal(np.asarray(q.counts[...]), 0)  # counts restart after a replacement
 
 
+def test_nsvq_can_replace_dead_codes_with_batch_vectors():
+    q = NSVQ(_cfg("nsvq", schedule="periodic", replace_every=1, replace_from="batch"), nnx.Rngs(0))
+    before = np.asarray(q.codebook[...]).copy()
+    z = jax.random.normal(jax.random.PRNGKey(4), (8, 4, q.dim)) * 1e-3  # far smaller than the codes
+    q.maintain(z, jnp.zeros((8, 4), jnp.int32), jnp.int32(1), jax.random.PRNGKey(0))
+    after, vectors = np.asarray(q.codebook[...]), np.asarray(z).reshape(-1, q.dim)
+    np.testing.assert_array_equal(after[0], before[0])
+    for row in after[1:]:  # every dead code is now one of the batch's vectors
+        assert np.min(np.abs(vectors - row).max(axis=1)) < 1e-7
+
+
 def test_nsvq_replacement_is_one_decision_over_the_global_batch(eight_devices):
     """Sharded over 8 devices, the upkeep equals the single-device upkeep and stays replicated."""
     cfg = _cfg("nsvq", schedule="periodic", replace_every=1)
