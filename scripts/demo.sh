@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the demo on built-in synthetic data (CPU is enough, about a minute):
+# Sets up .venv and runs the demo on built-in synthetic data (CPU is enough, about 6 minutes on 2 cores):
 #   1. the synthetic tabletop world writes a small dataset in every format the pipeline reads,
 #   2. the closed-loop evaluator scores the scripted expert and a random policy,
 #   3. a small VQGAN tokenizer trains on the tabletop frames and pre-tokenizes them,
