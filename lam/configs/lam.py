@@ -57,6 +57,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.schedule = "constant"
         c.total_steps = 100_000
         c.eval_every = c.save_every = 5000
+        c.eval.max_pairs, c.eval.probe_train_pairs = 256, 1024  # 256x256 frames are held in memory
     elif preset == "tiny":
         c.data.episodes = 12
         c.batch_size = 8
