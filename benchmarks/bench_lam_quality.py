@@ -28,9 +28,9 @@ from lam.train import train
 RUNS = {
     "vq_ema": ("small,vq_ema", {}),
     "fsq": ("small,fsq", {}),
-    "nsvq": ("small,nsvq", {}),
-    "nsvq_batch": ("small,nsvq", {"replace_from": "batch"}),
-    "nsvq_lapa": ("small,nsvq", {"replace_noise": 1e-12}),
+    "nsvq": ("small,nsvq", {}),  # dead codes replaced by the batch's vectors (the default)
+    "nsvq_codes": ("small,nsvq", {"replace_from": "codes"}),  # by used codes plus 1% noise
+    "nsvq_lapa": ("small,nsvq", {"replace_from": "codes", "replace_noise": 1e-12}),
 }
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=150)
     p.add_argument("--noise", type=float, default=1.0, help="expert action noise")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--runs", default="vq_ema,nsvq_lapa")
+    p.add_argument("--runs", default="nsvq,nsvq_lapa")
     p.add_argument(
         "--eval_every", type=int, default=0, help="also evaluate every N steps (quality_<step>.json)"
     )

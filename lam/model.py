@@ -44,7 +44,7 @@ def quantizer_options(kind: str) -> ml_collections.ConfigDict:
         q.schedule = "lapa"  # lapa | periodic
         q.replace_every = 100  # periodic schedule
         q.replace_until = 0  # periodic: last step that may replace (0 = no limit)
-        q.replace_from = "codes"  # codes (LAPA's: copies of used codes) | batch (the batch's vectors)
+        q.replace_from = "batch"  # batch (the batch's vectors) | codes (LAPA's: copies of used codes)
         q.replace_noise = 0.01  # relative to the codebook's RMS
     elif kind == "vq_ema":
         q.ema_decay = 0.99

@@ -15,10 +15,10 @@ Quantizers:
 - ``nsvq``: LAPA's noise-substitution VQ. Training vectors are
   ``z + ||z - c|| / (||r|| + eps) * r`` with ``r ~ N(0, I)`` (LAPA adds eps outside the
   division). Codes whose share of the assignments since the last replacement is below
-  ``dead_threshold / K`` are replaced by a used code plus noise of ``replace_noise`` times
-  the codebook's RMS (``replace_from="codes"``; LAPA adds 1e-12 noise: the copy ties with its
-  source and stays dead) or by action vectors of the batch (``"batch"``: the codes move to
-  where the data is, which matters early, when the vectors are far smaller than the N(0, 1) codes),
+  ``dead_threshold / K`` are replaced by action vectors of the batch (``replace_from="batch"``,
+  the default: the codes move to where the data is, which matters early, when the vectors are far
+  smaller than the N(0, 1) codes) or by a used code plus noise of ``replace_noise`` times the
+  codebook's RMS (``"codes"``; LAPA adds 1e-12 noise: the copy ties with its source and stays dead),
   on LAPA's schedule (steps 1, 101, ..., 901, then 1001, 1501, ..., 4501) or periodically.
 - ``vq_ema``: VQ with an EMA codebook (decay, Laplace smoothing), commitment loss and
   dead-code restarts from the batch's vectors every ``restart_every`` steps.

@@ -31,7 +31,7 @@ $PY -m latent_pretraining.vqgan encode --checkpoint "$OUT/vqgan/vqgan" \
     --input "$OUT/tabletop/videos/frames.jsonl" --output "$OUT/frames.vision.jsonl"
 echo "== 4. latent actions: train the latent action model, label every frame, latent-pretrain the debug VLA"
 rm -rf "$OUT/lam" "$OUT/latent.jsonl"
-$PY -m lam.train --config=lam/configs/lam.py:small,vq_ema --config.data.source=folder \
+$PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
     --config.data.path="$OUT/tabletop/videos" --config.total_steps=200 --config.eval_every=0 \
     --config.save_every=200 --config.learning_rate=5e-4 --config.run_dir="$OUT/lam"
 $PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/tabletop/videos" --out "$OUT/latent.jsonl" \

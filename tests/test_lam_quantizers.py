@@ -53,7 +53,10 @@ def test_lapa_replacement_schedule():
 
 
 def test_nsvq_replaces_dead_codes_only_when_due():
-    q = NSVQ(_cfg("nsvq", schedule="periodic", replace_every=10, replace_noise=0.01), nnx.Rngs(0))
+    q = NSVQ(
+        _cfg("nsvq", schedule="periodic", replace_every=10, replace_noise=0.01, replace_from="codes"),
+        nnx.Rngs(0),
+    )
     before = np.asarray(q.codebook[...]).copy()
     codes = jnp.asarray([[0, 1, 0, 1]] * 8)  # only codes 0 and 1 in use
     z = jnp.zeros((8, 4, q.dim))
