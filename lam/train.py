@@ -43,8 +43,7 @@ from lam.model import LatentActionModel
 from lam.visualize import save_reconstruction_grid, save_same_code_grid
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
-from latent_pretraining.training.checkpointing import Checkpointer
-from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.schedules import warmup_schedule
 from latent_pretraining.training.state import (
     TrainState,
     batch_sharding,
@@ -55,19 +54,7 @@ from latent_pretraining.training.state import (
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    total = max(config.total_steps, config.warmup_steps + 1)
-    if config.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, total)
-    elif config.schedule == "constant":
-        lr = optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
-                optax.constant_schedule(config.learning_rate),
-            ],
-            [config.warmup_steps],
-        )
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine or constant")
+    lr = warmup_schedule(config.schedule, config.learning_rate, config.warmup_steps, config.total_steps)
     adam = optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
 
@@ -292,14 +279,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     graphdef, state, shardings = create_train_state(
         lambda rngs: LatentActionModel(config.model, rngs), optimizer, mesh, config.seed
     )
-    checkpointer = Checkpointer(
-        run_dir,
-        keep=config.keep_checkpoints,
-        save_every=config.save_every,
-        async_save=config.async_checkpoints,
-    )
+    checkpointer = loop.checkpointer_for(config, run_dir)
     state, start = loop.resume(checkpointer, state, data)
-    logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+    logger = loop.logger_for(config, run_dir)
     example = global_batch(data.peek(), mesh)
     step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
     rng = np.random.default_rng(config.seed)

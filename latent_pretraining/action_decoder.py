@@ -30,6 +30,7 @@ from latent_pretraining.training import loop
 from latent_pretraining.training.checkpointing import Checkpointer
 from latent_pretraining.training.data import BatchStream
 from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.schedules import warmup_schedule
 from latent_pretraining.training.state import TrainState, compile_step, create_train_state, global_batch
 
 ACTION_DIMS = 7
@@ -144,7 +145,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         return model
 
     optimizer = optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, 50, config.total_steps),
+        warmup_schedule("cosine", config.learning_rate, 50, config.total_steps),
         weight_decay=config.weight_decay,
     )
     graphdef, state, shardings = create_train_state(factory, optimizer, mesh, config.seed)

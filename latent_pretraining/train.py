@@ -27,7 +27,7 @@ from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTo
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
 from latent_pretraining.training.checkpointing import Checkpointer
-from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.schedules import warmup_schedule
 from latent_pretraining.training.state import (
     TrainState,
     abstract_state,
@@ -46,21 +46,13 @@ def build_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTr
     """AdamW with warmup then cosine/constant, global-norm clipping, no decay on norms,
     optional frozen parameter groups and gradient accumulation."""
     o = config.optimizer
-    updates = max(config.total_steps // o.accumulate_steps, o.warmup_steps + 1)
-    if o.schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, o.learning_rate, o.warmup_steps, updates, o.end_learning_rate
-        )
-    elif o.schedule == "constant":
-        schedule = optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
-                optax.constant_schedule(o.learning_rate),
-            ],
-            [o.warmup_steps],
-        )
-    else:
-        raise ValueError(f"optimizer.schedule {o.schedule!r} is not 'cosine' or 'constant'")
+    schedule = warmup_schedule(
+        o.schedule,
+        o.learning_rate,
+        o.warmup_steps,
+        config.total_steps // o.accumulate_steps,
+        o.end_learning_rate,
+    )
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(o.clip_gradient) if o.clip_gradient > 0 else optax.identity(),
@@ -248,12 +240,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     graphdef, state, shardings = create_train_state(
         lambda rngs: VLAModel(m, rngs=rngs), optimizer, mesh, config.seed
     )
-    checkpointer = Checkpointer(
-        run_dir,
-        keep=config.keep_checkpoints,
-        save_every=config.save_every,
-        async_save=config.async_checkpoints,
-    )
+    checkpointer = loop.checkpointer_for(config, run_dir)
     if checkpointer.latest_step() is None:
         state = _initialise(state, config, mesh)
     state, start = loop.resume(checkpointer, state, data)
@@ -265,7 +252,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         eval_stream = batch_stream(eval_data, per_host, config.data.max_length, False, config.seed)
         bins = ActionBins.from_csv(config.data.action_bins) if config.data.action_bins else None
         eval_fn = make_eval(graphdef, eval_stream, eval_data.rows, mesh, config, bins)
-    logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+    logger = loop.logger_for(config, run_dir)
     example = {k: v for k, v in data.peek().items() if k != "example"}
     step_fn = compile_step(
         make_step(graphdef, optimizer, schedule, config), state, global_batch(example, mesh), shardings, mesh

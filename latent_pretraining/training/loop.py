@@ -62,6 +62,21 @@ def prepare_run(config: Any) -> Path:
     return run_dir
 
 
+def checkpointer_for(config: Any, run_dir: Path) -> Checkpointer:
+    """The run's checkpointer from ``keep_checkpoints``, ``save_every`` and ``async_checkpoints``."""
+    return Checkpointer(
+        run_dir,
+        keep=config.keep_checkpoints,
+        save_every=config.save_every,
+        async_save=config.async_checkpoints,
+    )
+
+
+def logger_for(config: Any, run_dir: Path) -> MetricsLogger:
+    """The run's metrics logger (W&B when ``wandb_project`` is set), with the config recorded."""
+    return MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+
+
 def resume(checkpointer: Checkpointer, state: TrainState, data: BatchStream) -> tuple[TrainState, int]:
     """Restores the newest checkpoint of the run (state and data position) if there is one."""
     restored = checkpointer.restore(abstract_state(state))

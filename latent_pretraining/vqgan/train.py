@@ -26,9 +26,8 @@ from PIL import Image
 
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
-from latent_pretraining.training.checkpointing import Checkpointer
 from latent_pretraining.training.data import BatchStream
-from latent_pretraining.training.logger import MetricsLogger
+from latent_pretraining.training.schedules import warmup_schedule
 from latent_pretraining.training.state import (
     TrainState,
     batch_sharding,
@@ -189,21 +188,14 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             return source[int(train_rows[i])]
 
     data = image_batches(TrainRows(), len(train_rows), config, size)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, max(config.total_steps, config.warmup_steps + 1)
-    )
+    schedule = warmup_schedule("cosine", config.learning_rate, config.warmup_steps, config.total_steps)
     optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
     graphdef, state, shardings = create_train_state(
         lambda rngs: VQGAN(config.model, rngs=rngs), optimizer, mesh, config.seed
     )
-    checkpointer = Checkpointer(
-        run_dir,
-        keep=config.keep_checkpoints,
-        save_every=config.save_every,
-        async_save=config.async_checkpoints,
-    )
+    checkpointer = loop.checkpointer_for(config, run_dir)
     state, start = loop.resume(checkpointer, state, data)
-    logger = MetricsLogger(run_dir, wandb_project=config.wandb_project or None, config=config.to_dict())
+    logger = loop.logger_for(config, run_dir)
     example = global_batch(data.peek(), mesh)
     step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
     settings = loop.LoopSettings(
