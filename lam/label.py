@@ -31,41 +31,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jax
 import numpy as np
-from flax import nnx
 from PIL import Image
 from tqdm import tqdm
 
 from lam.checkpoint import load_lam
 from lam.data import Episode, PairBatches, frame_pairs, open_episodes
 from lam.model import LatentActionModel
+from latent_pretraining.batched import LocalBatchApply
 from latent_pretraining.prompts import lapa_instruction
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import batch_sharding
 from latent_pretraining.vqgan.encode import rows_done
 
 FIELDS = "[instruction],[vision],delta"
 
 
-class CodeLabeler:
+class CodeLabeler(LocalBatchApply):
     """Hard codes of frame pairs, one compiled program sharded over the local devices."""
 
     def __init__(self, model: LatentActionModel, batch_size: int):
-        devices = jax.local_devices()
-        self.mesh = make_mesh(f"{len(devices)},1,1,1", devices=devices)
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
-        graphdef, state = nnx.split(model)
-        self.state = state
-        self._codes = jax.jit(lambda state, frames: nnx.merge(graphdef, state).codes(frames))
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        n = len(frames)
-        padded = np.zeros((self.batch_size, *frames.shape[1:]), np.float32)
-        padded[:n] = frames
-        with jax.set_mesh(self.mesh):
-            x = jax.device_put(padded, batch_sharding(self.mesh, padded.ndim, padded.shape))
-            return np.asarray(jax.device_get(self._codes(self.state, x)))[:n]
+        super().__init__(model, lambda m, frames: m.codes(frames), batch_size)
 
 
 def frame_path(episode: Episode, t: int, frames_dir: Path) -> str:

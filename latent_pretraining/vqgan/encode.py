@@ -20,14 +20,11 @@ import os
 import time
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import batch_sharding
+from latent_pretraining.batched import LocalBatchApply
 from latent_pretraining.vqgan.images import load_image, preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
@@ -60,26 +57,15 @@ def rows_done(partial: Path) -> int:
     return data[:end].count(b"\n")
 
 
-class Encoder:
+class Encoder(LocalBatchApply):
     """Batched, data-parallel encoding of preprocessed images with one compiled program."""
 
     def __init__(self, model: VQGAN, batch_size: int):
-        devices = jax.local_devices()  # each host encodes its own rows (see --shard)
-        self.mesh = make_mesh(f"{len(devices)},1,1,1", devices=devices)
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        super().__init__(model, lambda m, x: m.encode(x)[1], batch_size)  # each host: its own rows
         self.resolution = model.config.resolution
-        graphdef, state = nnx.split(model)
-        self._encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x)[1])
-        self.state = state
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        padded = np.zeros((self.batch_size, *images.shape[1:]), np.float32)
-        padded[:n] = images
-        x = jax.device_put(padded, batch_sharding(self.mesh, 4, padded.shape))
-        with jax.set_mesh(self.mesh):
-            codes = self._encode(self.state, x)
-        return np.asarray(jax.device_get(codes))[:n].reshape(n, -1)
+        return super().__call__(images).reshape(len(images), -1)
 
 
 def encode_jsonl(
