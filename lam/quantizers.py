@@ -71,7 +71,26 @@ def lapa_replace_step(step: jax.Array) -> jax.Array:
     return (step != 0) & (((step % 100 == 1) & (step < 1000)) | ((step % 500 == 1) & (step < 5000)))
 
 
-class NSVQ(nnx.Module):
+def _batch_vectors(z: jax.Array, count: int, key: jax.Array) -> jax.Array:
+    """``count`` action vectors drawn from the (global) batch, as restart candidates."""
+    flat = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1]).astype(jnp.float32)
+    return flat[jax.random.randint(key, (count,), 0, flat.shape[0])]
+
+
+class _Codebook(nnx.Module):
+    """What the codebook quantizers share: hard codes by nearest neighbour, and lookup."""
+
+    codebook: nnx.Variable
+
+    def lookup(self, codes: jax.Array) -> jax.Array:
+        return jnp.take(self.codebook[...], codes, axis=0)
+
+    def _hard(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        codes = nearest(jax.lax.stop_gradient(z), self.codebook[...])
+        return codes, self.lookup(codes).astype(z.dtype)
+
+
+class NSVQ(_Codebook):
     def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.size, self.dim = cfg.codebook_size, cfg.quant_dim
         q = cfg.quantizer_options
@@ -87,12 +106,8 @@ class NSVQ(nnx.Module):
         self.counts = CodeCounts(jnp.zeros((self.size,), jnp.float32))
         self.restarts_total = Restarts(jnp.zeros((), jnp.int32))
 
-    def lookup(self, codes: jax.Array) -> jax.Array:
-        return jnp.take(self.codebook[...], codes, axis=0)
-
     def quantize(self, z: jax.Array, train: bool, rng: jax.Array | None = None):
-        codes = nearest(jax.lax.stop_gradient(z), self.codebook[...])
-        hard = self.lookup(codes).astype(z.dtype)
+        codes, hard = self._hard(z)
         if not train:
             return hard, codes, jnp.zeros((), jnp.float32)
         noise = jax.random.normal(rng, z.shape, z.dtype)
@@ -117,16 +132,15 @@ class NSVQ(nnx.Module):
         due = self._due(step)
         replace = dead & due
         codebook = self.codebook[...]
-        pick, noise = jax.random.split(rng)
-        used = (~dead).astype(jnp.float32)
-        sources = jax.random.choice(pick, self.size, (self.size,), p=used / jnp.maximum(used.sum(), 1.0))
-        rms = jnp.sqrt(
-            jnp.sum(used[:, None] * jnp.square(codebook)) / jnp.maximum(used.sum() * self.dim, 1.0)
-        )
         if self.replace_from == "batch":  # vectors of this (global) batch: codes where the data is
-            flat = jax.lax.stop_gradient(z).reshape(-1, self.dim).astype(codebook.dtype)
-            fresh = flat[jax.random.randint(pick, (self.size,), 0, flat.shape[0])]
+            fresh = _batch_vectors(z, self.size, rng)
         else:  # LAPA: copies of used codes (plus noise: an exact copy ties with its source forever)
+            pick, noise = jax.random.split(rng)
+            used = (~dead).astype(jnp.float32)
+            sources = jax.random.choice(pick, self.size, (self.size,), p=used / jnp.maximum(used.sum(), 1.0))
+            rms = jnp.sqrt(
+                jnp.sum(used[:, None] * jnp.square(codebook)) / jnp.maximum(used.sum() * self.dim, 1.0)
+            )
             fresh = codebook[sources] + self.replace_noise * rms * jax.random.normal(noise, codebook.shape)
         self.codebook[...] = jnp.where(replace[:, None], fresh.astype(codebook.dtype), codebook)
         self.counts[...] = jnp.where(due, jnp.zeros_like(counts), counts)
@@ -134,7 +148,7 @@ class NSVQ(nnx.Module):
         return {"dead_codes": jnp.sum(dead), "restarts": jnp.sum(replace)}
 
 
-class VQEMA(nnx.Module):
+class VQEMA(_Codebook):
     def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.size, self.dim = cfg.codebook_size, cfg.quant_dim
         q = cfg.quantizer_options
@@ -146,12 +160,8 @@ class VQEMA(nnx.Module):
         self.ema_sum = EMAState(init)
         self.restarts_total = Restarts(jnp.zeros((), jnp.int32))
 
-    def lookup(self, codes: jax.Array) -> jax.Array:
-        return jnp.take(self.codebook[...], codes, axis=0)
-
     def quantize(self, z: jax.Array, train: bool, rng: jax.Array | None = None):
-        codes = nearest(jax.lax.stop_gradient(z), self.codebook[...])
-        hard = self.lookup(codes).astype(z.dtype)
+        codes, hard = self._hard(z)
         if not train:
             return hard, codes, jnp.zeros((), jnp.float32)
         commit = jnp.mean(jnp.square(z.astype(jnp.float32) - jax.lax.stop_gradient(hard).astype(jnp.float32)))
@@ -169,7 +179,7 @@ class VQEMA(nnx.Module):
         codebook = total / smoothed[:, None]
         dead = count < self.dead_threshold * n / self.size
         restart = dead & (step % self.restart_every == 0) if self.restart_every else jnp.zeros_like(dead)
-        fresh = flat[jax.random.randint(rng, (self.size,), 0, n)]
+        fresh = _batch_vectors(z, self.size, rng)
         expected = n / self.size
         self.codebook[...] = jnp.where(restart[:, None], fresh, codebook)
         self.ema_count[...] = jnp.where(restart, expected, count)
@@ -192,34 +202,31 @@ class FSQ(nnx.Module):
         self.restarts_total = Restarts(jnp.zeros((), jnp.int32))  # FSQ has no codebook to restart
 
     def _bound(self, x: jax.Array) -> jax.Array:
+        """Each channel squashed into (-L/2, L/2) (shifted by 1/2 for even L) before rounding."""
         levels = jnp.asarray(self.levels, jnp.float32)
         half = (levels - 1) * (1 + 1e-3) / 2
         offset = jnp.where(levels % 2 == 0, 0.5, 0.0)
         return jnp.tanh(x + jnp.arctanh(offset / half)) * half - offset
 
-    def _digits_to_codes(self, digits: jax.Array) -> jax.Array:
-        basis = np.cumprod((1, *self.levels[:-1]))
-        return jnp.sum(digits * jnp.asarray(basis, jnp.int32), axis=-1).astype(jnp.int32)
+    def _steps(self) -> jax.Array:
+        """Integer steps per level around 0 (L // 2): rounded values / steps lie in [-1, 1]."""
+        return jnp.asarray([lv // 2 for lv in self.levels], jnp.float32)
 
-    def _scaled(self, digits: jax.Array) -> jax.Array:
-        half = jnp.asarray([lv // 2 for lv in self.levels], jnp.float32)
-        return (digits.astype(jnp.float32) - half) / half
+    def _basis(self) -> jax.Array:
+        return jnp.asarray(np.cumprod((1, *self.levels[:-1])), jnp.int32)
 
     def lookup(self, codes: jax.Array) -> jax.Array:
-        basis = np.cumprod((1, *self.levels[:-1]))
-        digits = (codes[..., None] // jnp.asarray(basis, jnp.int32)) % jnp.asarray(self.levels, jnp.int32)
-        return self.proj_out(self._scaled(digits))
+        digits = (codes[..., None] // self._basis()) % jnp.asarray(self.levels, jnp.int32)
+        steps = self._steps()
+        return self.proj_out((digits.astype(jnp.float32) - steps) / steps)
 
     def quantize(self, z: jax.Array, train: bool, rng: jax.Array | None = None):
         bounded = self._bound(self.proj_in(z).astype(jnp.float32))
-        rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
-        half = jnp.asarray([lv // 2 for lv in self.levels], jnp.float32)
-        digits = jnp.round(jax.lax.stop_gradient(bounded)).astype(jnp.int32) + half.astype(jnp.int32)
-        return (
-            self.proj_out((rounded / half).astype(z.dtype)),
-            self._digits_to_codes(digits),
-            jnp.zeros((), jnp.float32),
-        )
+        rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)  # straight-through
+        steps = self._steps()
+        digits = jnp.round(jax.lax.stop_gradient(bounded)).astype(jnp.int32) + steps.astype(jnp.int32)
+        codes = jnp.sum(digits * self._basis(), axis=-1).astype(jnp.int32)
+        return self.proj_out((rounded / steps).astype(z.dtype)), codes, jnp.zeros((), jnp.float32)
 
     def maintain(
         self, z: jax.Array, codes: jax.Array, step: jax.Array, rng: jax.Array
