@@ -40,8 +40,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from latent_pretraining.training.data import BatchStream
+from latent_pretraining.vqgan.images import load_image
+from latent_pretraining.vqgan.sources import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 SOURCE_KINDS = ("folder", "video", "rlds", "jsonl", "tabletop")
 SUMMED_ACTION_DIMS = 6  # dx, dy, dz, droll, dpitch, dyaw: deltas add up over a pair
@@ -98,8 +99,7 @@ def natural_key(text: str) -> list[int | str]:
 def read_image(path: str | Path) -> np.ndarray:
     """uint8 RGB [H, W, 3]; the error names the file."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        return load_image(path)
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
 

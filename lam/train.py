@@ -34,7 +34,6 @@ from lam.data import (
     drop_static,
     frame_pairs,
     open_episodes,
-    pair_actions,
     pair_stream,
     select_pairs,
     split_episodes,
@@ -120,10 +119,11 @@ class Evaluator:
         self.graphdef, self.mesh, self.config, self.run_dir = graphdef, mesh, config, run_dir
         self.chunk = max(mesh.size, (config.batch_size // mesh.size) * mesh.size)
         batches = PairBatches(episodes)
-        self.holdout = batches.make_batch(holdout_pairs, config.model.image_size)["frames"]
-        self.probe_frames = batches.make_batch(probe_pairs, config.model.image_size)["frames"]
-        self.holdout_actions = pair_actions(episodes, holdout_pairs)
-        self.probe_actions = pair_actions(episodes, probe_pairs)
+        holdout = batches.make_batch(holdout_pairs, config.model.image_size)
+        probe = batches.make_batch(probe_pairs, config.model.image_size)
+        self.holdout, self.probe_frames = holdout["frames"], probe["frames"]
+        self.holdout_actions, self.probe_actions = holdout.get("actions"), probe.get("actions")
+        self.swap = jnp.asarray(np.roll(np.arange(self.chunk), 1))  # each row decoded with another's codes
 
         @jax.jit
         def codes_and_recons(params, rest, frames, swap):
@@ -157,8 +157,7 @@ class Evaluator:
         codes, own, swapped = [], [], []
         with jax.set_mesh(self.mesh):
             for frames, valid in self._chunks(self.holdout):
-                swap = jnp.asarray(np.roll(np.arange(self.chunk), 1))  # every row takes another row's codes
-                c, o, s = jax.device_get(self._codes_and_recons(params, rest, frames, swap))
+                c, o, s = jax.device_get(self._codes_and_recons(params, rest, frames, self.swap))
                 codes.append(c[:valid]), own.append(o[:valid]), swapped.append(s[:valid])
             probe_codes = [
                 jax.device_get(self._codes_only(params, rest, f))[:v]
@@ -174,7 +173,7 @@ class Evaluator:
         report["codebook"] = metrics.codebook_stats(codes, self.config.model.codebook_size)
         model = nnx.merge(self.graphdef, params, rest)
         report["restarts_total"] = int(jax.device_get(model.quantizer.restarts_total[...]))
-        if self.holdout_actions is not None and self.probe_actions is not None:
+        if self.holdout_actions is not None:
             report["probe"] = self._probe(np.concatenate(probe_codes), codes)
         if jax.process_index() == 0:
             self._save(report, codes, own, step, params, rest)
