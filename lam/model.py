@@ -73,9 +73,13 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # predict x_{t+H} - x_t instead of x_{t+H}: copying x_t is free from the first step, so the
     # codes only have to explain the change (LAPA predicts the frame itself)
     c.predict_residual = True
+    # rescale x_{t+H} so its per-channel brightness matches x_t's before encoding and as the
+    # target: flicker and auto-exposure are global, easy to encode and would fill the few code
+    # bits that should describe the motion (LAPA does not)
+    c.match_brightness = True
     if preset == "lapa":
         c.lapa_token_layout = True
-        c.predict_residual = False
+        c.predict_residual = c.match_brightness = False
         c.image_size, c.patch_size = 256, 32
         c.dim, c.quant_dim = 1024, 32
         c.spatial_depth = c.temporal_depth = 8
@@ -99,6 +103,20 @@ def code_grid(code_seq_len: int) -> tuple[int, int]:
     if code_seq_len == 2:
         return 2, 1
     raise ValueError(f"code_seq_len {code_seq_len} must be a square number or 2")
+
+
+def match_brightness(frames: jax.Array, dark: float = 0.05) -> jax.Array:
+    """[B, T, H, W, C] in [0, 1] with every frame's channels rescaled to the first frame's brightness.
+
+    The gain per frame and channel is the median over pixels (not dark in either frame) of
+    first / frame: robust to the few pixels that actually move. The first frame is unchanged."""
+    frames = frames.astype(jnp.float32)
+    first = frames[:, :1]
+    lit = (frames > dark) & (first > dark)
+    ratio = jnp.where(lit, first / jnp.maximum(frames, dark), jnp.nan)
+    gain = jnp.nanmedian(ratio, axis=(2, 3), keepdims=True)
+    gain = jnp.where(jnp.isnan(gain), 1.0, gain)  # no lit pixels: leave the frame as it is
+    return jnp.clip(frames * gain, 0.0, 1.0)
 
 
 def patchify(frames: jax.Array, p: int) -> jax.Array:
@@ -233,12 +251,18 @@ class LatentActionModel(nnx.Module):
         return unpatchify(pixels, self.cfg.patch_size, self.cfg.channels)[:, 0]
 
     # -- whole model ---------------------------------------------------------------------------
+    def prepare(self, frames: jax.Array) -> jax.Array:
+        """The frames the model encodes and predicts: brightness-matched when configured."""
+        return match_brightness(frames) if self.cfg.get("match_brightness", False) else frames
+
     def __call__(self, frames: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> dict:
         """Training (NSVQ noise / straight-through) or hard-code forward.
 
-        Returns ``recon`` [B, H, W, C], ``codes`` [B, L], ``z`` (vectors before quantization)
-        and ``aux_loss`` (the quantizer's own loss, e.g. VQ commitment).
+        Returns ``recon`` [B, H, W, C], ``target`` (the future frame as prepared, what ``recon``
+        should equal), ``codes`` [B, L], ``z`` (vectors before quantization) and ``aux_loss``
+        (the quantizer's own loss, e.g. VQ commitment).
         """
+        frames = self.prepare(frames)
         tokens = self.embed_patches(frames)
         first, last = self.encode(tokens)
         z = self.action_vectors(first, last)
@@ -246,11 +270,11 @@ class LatentActionModel(nnx.Module):
         recon = self.decode(jax.lax.stop_gradient(tokens[:, :1]), self.action_tokens(quantized))
         if self.cfg.predict_residual:
             recon = recon + frames[:, 0].astype(recon.dtype)
-        return {"recon": recon, "codes": codes, "z": z, "aux_loss": aux}
+        return {"recon": recon, "target": frames[:, 1], "codes": codes, "z": z, "aux_loss": aux}
 
     def codes(self, frames: jax.Array) -> jax.Array:
         """Hard latent action codes [B, L] of frame pairs [B, 2, H, W, C]."""
-        first, last = self.encode(self.embed_patches(frames))
+        first, last = self.encode(self.embed_patches(self.prepare(frames)))
         return self.quantizer.quantize(self.action_vectors(first, last), False)[1]
 
     def reconstruct(self, frames: jax.Array, codes: jax.Array | None = None) -> jax.Array:

@@ -38,7 +38,7 @@ from lam.data import (
     select_pairs,
     split_episodes,
 )
-from lam.model import LatentActionModel
+from lam.model import LatentActionModel, match_brightness
 from lam.visualize import save_reconstruction_grid, save_same_code_grid
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
@@ -78,7 +78,7 @@ def make_step(
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["rest"])
             out = model(frames, train=True, rng=noise_key)
-            rec = jnp.mean(jnp.square(out["recon"].astype(jnp.float32) - frames[:, 1]))
+            rec = jnp.mean(jnp.square(out["recon"].astype(jnp.float32) - out["target"]))
             return rec + out["aux_loss"], (rec, out["codes"], out["z"])
 
         (loss, (rec, codes, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -122,6 +122,8 @@ class Evaluator:
         holdout = batches.make_batch(holdout_pairs, config.model.image_size)
         probe = batches.make_batch(probe_pairs, config.model.image_size)
         self.holdout, self.probe_frames = holdout["frames"], probe["frames"]
+        if config.model.get("match_brightness", False):  # score against the target the model learns
+            self.holdout = np.asarray(jax.jit(match_brightness)(self.holdout))
         self.holdout_actions, self.probe_actions = holdout.get("actions"), probe.get("actions")
         self.swap = jnp.asarray(np.roll(np.arange(self.chunk), 1))  # each row decoded with another's codes
 

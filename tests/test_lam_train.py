@@ -16,7 +16,7 @@ from lam.checkpoint import load_lam
 from lam.configs.lam import get_config
 from lam.data import PairBatches, frame_pairs, image_folders
 from lam.label import main as label_main
-from lam.model import LatentActionModel, code_grid, get_lam_config, patchify, unpatchify
+from lam.model import LatentActionModel, code_grid, get_lam_config, match_brightness, patchify, unpatchify
 from lam.train import build_optimizer, load_pairs, make_step, train
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training.state import compile_step, create_train_state, global_batch
@@ -44,6 +44,37 @@ def test_code_layout_errors_are_clear():
     cfg.image_size = 32  # 4x4 patch grid: LAPA's 4-code head needs 8x8
     with pytest.raises(ValueError, match="8x8"):
         LatentActionModel(cfg, nnx.Rngs(0))
+
+
+def test_match_brightness_undoes_a_global_gain_but_keeps_the_motion():
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.2, 0.8, (16, 16, 3)).astype(np.float32)
+    moved = first.copy()
+    moved[4:7, 4:7] = 0.01  # a dark object appears: brightness must not be fitted to it
+    gains = np.asarray([1.08, 0.95, 1.02], np.float32)  # per channel, like auto white balance
+    frames = jnp.asarray(np.stack([first, moved * gains])[None])
+    out = np.asarray(match_brightness(frames))
+    np.testing.assert_array_equal(out[0, 0], first)  # the first frame is the reference
+    keep = np.ones((16, 16), bool)
+    keep[4:7, 4:7] = False
+    np.testing.assert_allclose(out[0, 1][keep], first[keep], atol=1e-5)
+    assert np.all(out[0, 1][4:7, 4:7] < 0.02)  # the change itself survives
+
+
+def test_training_target_is_brightness_matched_only_when_configured():
+    """A flickering future frame: with matching the model is asked for the steady frame, not the flicker."""
+    cfg = get_lam_config("tiny")
+    model = LatentActionModel(cfg, nnx.Rngs(3))
+    rng = np.random.default_rng(1)
+    frames = np.repeat(rng.uniform(0.1, 0.9, (4, 1, 64, 64, 3)).astype(np.float32), 2, axis=1)
+    frames[:, 1, 10:20, 10:20] = np.roll(frames[:, 1, 10:20, 10:20], 3, axis=2)  # something moves
+    flicker = frames.copy()
+    flicker[:, 1] *= 0.95
+    target = np.asarray(model(jnp.asarray(flicker))["target"])
+    assert np.abs(target - frames[:, 1]).max() < 2e-3 < np.abs(flicker[:, 1] - frames[:, 1]).max()
+    assert get_lam_config("lapa").match_brightness is False  # LAPA's preset predicts the raw frame
+    model.cfg.match_brightness = False
+    np.testing.assert_array_equal(np.asarray(model(jnp.asarray(flicker))["target"]), flicker[:, 1])
 
 
 @pytest.mark.parametrize("quantizer", ["nsvq", "vq_ema", "fsq"])
