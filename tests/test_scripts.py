@@ -80,6 +80,14 @@ def test_bench_attention_reports_xla(tmp_path):
     assert rows[0]["finite"] and rows[0]["max_abs_logit_diff_vs_xla"] == 0.0
 
 
+def test_lam_decoder_ceiling_learns_from_true_actions(tmp_path):
+    script = str(REPO_ROOT / "benchmarks" / "bench_lam_decoder_ceiling.py")
+    args = ["--steps=20", "--eval_every=10", "--episodes=6", "--eval_pairs=64"]
+    rows = _json_lines(_run([script, *args], tmp_path))
+    assert [r["step"] for r in rows] == [10, 20]
+    assert rows[-1]["psnr_gain"] > 0  # the decoder starts exactly at copying x_t and improves on it
+
+
 def test_lapa_job_script_trains_and_exports(tmp_path, sp_model):
     from helpers import write_latent_jsonl
 
