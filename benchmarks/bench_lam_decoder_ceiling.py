@@ -24,7 +24,7 @@ from report import print_report
 
 from lam import metrics
 from lam.configs.lam import get_config
-from lam.data import PairBatches
+from lam.data import PairBatches, pair_actions
 from lam.model import LatentActionModel
 from lam.train import build_optimizer, load_pairs
 
@@ -48,7 +48,7 @@ def main() -> None:
     batches, size, cfg = PairBatches(episodes), config.model.image_size, config.model
     rng = np.random.default_rng(config.seed)
     holdout = batches.make_batch(holdout_pairs[: args.eval_pairs], size)
-    train_actions = batches.make_batch(train_pairs[rng.permutation(len(train_pairs))[:2048]], size)["actions"]
+    train_actions = pair_actions(episodes, train_pairs)
     mean, std = train_actions.mean(0), train_actions.std(0) + 1e-8
     lift = jax.random.normal(jax.random.key(1), (len(ACTION_DIMS), cfg.code_seq_len * cfg.quant_dim))
     lift = lift / np.sqrt(len(ACTION_DIMS))
@@ -60,9 +60,7 @@ def main() -> None:
     def predict(model: LatentActionModel, frames: jax.Array, actions: jax.Array):
         """(prediction of x_{t+H}, its target) from x_t and the true actions."""
         frames = model.prepare(frames)
-        tokens = jax.lax.stop_gradient(model.embed_patches(frames[:, :1]))
-        recon = model.decode(tokens, model.action_tokens(action_vectors(actions))) + frames[:, 0]
-        return recon, frames[:, 1]
+        return model.predict(frames, action_vectors(actions)), frames[:, 1]
 
     model = LatentActionModel(cfg, nnx.Rngs(config.seed))
     optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
@@ -87,7 +85,7 @@ def main() -> None:
     for i in range(1, args.steps + 1):
         batch = batches.make_batch(train_pairs[rng.integers(0, len(train_pairs), config.batch_size)], size)
         frames, actions = jnp.asarray(batch["frames"]), jnp.asarray(batch["actions"])
-        losses.append(float(step(model, optimizer, frames, actions)))
+        losses.append(step(model, optimizer, frames, actions))  # read back only when evaluating
         if i % args.eval_every == 0 or i == args.steps:
             outputs = evaluate(model, holdout["frames"], holdout["actions"])
             own, swapped, target = (np.asarray(x) for x in outputs)
@@ -99,7 +97,7 @@ def main() -> None:
             rows.append(
                 {
                     "step": i,
-                    "train_mse": round(float(np.mean(losses[-100:])), 6),
+                    "train_mse": round(float(np.mean(jax.device_get(losses[-100:]))), 6),
                     "psnr_gain": round(gain["psnr_gain"], 2),
                     "action_sensitivity": round(sensitivity, 2),
                     "minutes": round((time.perf_counter() - began) / 60, 1),

@@ -74,8 +74,8 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # codes only have to explain the change (LAPA predicts the frame itself)
     c.predict_residual = True
     # rescale x_{t+H} so its per-channel brightness matches x_t's before encoding and as the
-    # target: flicker and auto-exposure are global, easy to encode and would fill the few code
-    # bits that should describe the motion (LAPA does not)
+    # target: flicker and auto-exposure change every pixel, yet the per-patch input LayerNorm
+    # hides a global gain from the encoder, so the codes could never explain it (LAPA does not)
     c.match_brightness = True
     if preset == "lapa":
         c.lapa_token_layout = True
@@ -267,9 +267,7 @@ class LatentActionModel(nnx.Module):
         first, last = self.encode(tokens)
         z = self.action_vectors(first, last)
         quantized, codes, aux = self.quantizer.quantize(z, train, rng)
-        recon = self.decode(jax.lax.stop_gradient(tokens[:, :1]), self.action_tokens(quantized))
-        if self.cfg.predict_residual:
-            recon = recon + frames[:, 0].astype(recon.dtype)
+        recon = self._future(frames[:, 0], tokens[:, :1], quantized)
         return {"recon": recon, "target": frames[:, 1], "codes": codes, "z": z, "aux_loss": aux}
 
     def codes(self, frames: jax.Array) -> jax.Array:
@@ -283,6 +281,13 @@ class LatentActionModel(nnx.Module):
         Only the current frame ``frames[:, 0]`` is read when ``codes`` are given."""
         if codes is None:
             codes = self.codes(frames)
-        tokens = self.embed_patches(frames[:, :1])
-        recon = self.decode(tokens, self.action_tokens(self.quantizer.lookup(codes)))
-        return recon + frames[:, 0].astype(recon.dtype) if self.cfg.predict_residual else recon
+        return self.predict(frames, self.quantizer.lookup(codes))
+
+    def predict(self, frames: jax.Array, vectors: jax.Array) -> jax.Array:
+        """The future frame predicted from the current frame ``frames[:, 0]`` and action vectors
+        [B, L, quant_dim] (quantized, or any stand-in such as the true actions lifted to that shape)."""
+        return self._future(frames[:, 0], self.embed_patches(frames[:, :1]), vectors)
+
+    def _future(self, current: jax.Array, current_tokens: jax.Array, vectors: jax.Array) -> jax.Array:
+        recon = self.decode(jax.lax.stop_gradient(current_tokens), self.action_tokens(vectors))
+        return recon + current.astype(recon.dtype) if self.cfg.predict_residual else recon

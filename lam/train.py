@@ -38,7 +38,7 @@ from lam.data import (
     select_pairs,
     split_episodes,
 )
-from lam.model import LatentActionModel, match_brightness
+from lam.model import LatentActionModel
 from lam.visualize import save_reconstruction_grid, save_same_code_grid
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
@@ -122,18 +122,15 @@ class Evaluator:
         holdout = batches.make_batch(holdout_pairs, config.model.image_size)
         probe = batches.make_batch(probe_pairs, config.model.image_size)
         self.holdout, self.probe_frames = holdout["frames"], probe["frames"]
-        if config.model.get("match_brightness", False):  # score against the target the model learns
-            self.holdout = np.asarray(jax.jit(match_brightness)(self.holdout))
         self.holdout_actions, self.probe_actions = holdout.get("actions"), probe.get("actions")
         self.swap = jnp.asarray(np.roll(np.arange(self.chunk), 1))  # each row decoded with another's codes
 
         @jax.jit
         def codes_and_recons(params, rest, frames, swap):
             model = nnx.merge(graphdef, params, rest)
-            codes = model.codes(frames)
-            own = model.reconstruct(frames, codes)
-            swapped = model.reconstruct(frames, codes[swap])
-            return codes, own, swapped
+            out = model(frames)  # hard codes; the target as the model is trained on it
+            swapped = model.reconstruct(frames, out["codes"][swap])
+            return out["codes"], out["recon"], swapped, out["target"]
 
         @jax.jit
         def codes_only(params, rest, frames):
@@ -156,18 +153,17 @@ class Evaluator:
 
     def __call__(self, state: TrainState, step: int) -> dict[str, float]:
         params, rest = state["params"], state["rest"]
-        codes, own, swapped = [], [], []
+        parts: list[tuple[np.ndarray, ...]] = []
         with jax.set_mesh(self.mesh):
             for frames, valid in self._chunks(self.holdout):
-                c, o, s = jax.device_get(self._codes_and_recons(params, rest, frames, self.swap))
-                codes.append(c[:valid]), own.append(o[:valid]), swapped.append(s[:valid])
+                outputs = jax.device_get(self._codes_and_recons(params, rest, frames, self.swap))
+                parts.append(tuple(x[:valid] for x in outputs))
             probe_codes = [
                 jax.device_get(self._codes_only(params, rest, f))[:v]
                 for f, v in self._chunks(self.probe_frames)
             ]
-        codes, own, swapped = np.concatenate(codes), np.concatenate(own), np.concatenate(swapped)
-        first, target = self.holdout[:, 0], self.holdout[:, 1]
-        report = metrics.copy_baseline_gain(own, first, target)
+        codes, own, swapped, target = (np.concatenate(column) for column in zip(*parts, strict=True))
+        report = metrics.copy_baseline_gain(own, self.holdout[:, 0], target)
         report["action_sensitivity"] = metrics.action_sensitivity(
             metrics.psnr(metrics.per_image_mse(own, target)),
             metrics.psnr(metrics.per_image_mse(swapped, target)),
@@ -178,7 +174,7 @@ class Evaluator:
         if self.holdout_actions is not None:
             report["probe"] = self._probe(np.concatenate(probe_codes), codes)
         if jax.process_index() == 0:
-            self._save(report, codes, own, step, params, rest)
+            self._save(report, codes, own, target, step, params, rest)
         return _scalars(report)
 
     def _probe(self, probe_codes: np.ndarray, holdout_codes: np.ndarray) -> dict:
@@ -193,13 +189,15 @@ class Evaluator:
             dims=tuple(self.config.eval.probe_dims),
         )
 
-    def _save(self, report: dict, codes: np.ndarray, own: np.ndarray, step: int, params, rest) -> None:
+    def _save(
+        self, report: dict, codes: np.ndarray, own: np.ndarray, target: np.ndarray, step: int, params, rest
+    ) -> None:
         text = json.dumps(report, indent=2)
         (self.run_dir / f"quality_{step:07d}.json").write_text(text)
         (self.run_dir / "quality.json").write_text(text)
         rows = min(8, len(own))
         save_reconstruction_grid(
-            self.holdout[:rows, 0], self.holdout[:rows, 1], own[:rows], self.run_dir / f"recon_{step:07d}.png"
+            self.holdout[:rows, 0], target[:rows], own[:rows], self.run_dir / f"recon_{step:07d}.png"
         )
         tuples, counts = np.unique(codes, axis=0, return_counts=True)
         chosen = tuples[np.argsort(-counts)[:6]]  # the most frequent code tuples ...

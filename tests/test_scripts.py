@@ -80,7 +80,7 @@ def test_bench_attention_reports_xla(tmp_path):
     assert rows[0]["finite"] and rows[0]["max_abs_logit_diff_vs_xla"] == 0.0
 
 
-def test_lam_decoder_ceiling_learns_from_true_actions(tmp_path):
+def test_lam_decoder_ceiling_reports_each_evaluation_and_beats_copying(tmp_path):
     script = str(REPO_ROOT / "benchmarks" / "bench_lam_decoder_ceiling.py")
     args = ["--steps=20", "--eval_every=10", "--episodes=6", "--eval_pairs=64"]
     rows = _json_lines(_run([script, *args], tmp_path))
