@@ -1,6 +1,6 @@
 """How fast the LAM's decoder learns to use perfect action information: a ceiling for the codes.
 
-    python benchmarks/bench_lam_decoder_ceiling.py [--steps 1500] [--eval_every 500]
+    python benchmarks/bench_lam_decoder_ceiling.py [--steps 1500] [--eval_every 500] [--model motion_kernel=7]
 
 Trains the ``small`` preset's decoder on the tabletop world (same data and optimizer as
 ``bench_lam_quality.py``) with the *true* actions in place of the quantized action vectors: a
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from report import print_report
+from report import override_model, print_report
 
 from lam import metrics
 from lam.configs.lam import get_config
@@ -39,9 +39,13 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=1.0, help="expert action noise")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval_pairs", type=int, default=512)
+    p.add_argument(
+        "--model", action="append", default=[], help="model config override key=value (repeatable)"
+    )
     args = p.parse_args()
 
     config = get_config("small")
+    override_model(config.model, args.model)
     config.total_steps, config.learning_rate = args.steps, args.lr
     config.data.episodes, config.data.noise = args.episodes, args.noise
     episodes, train_pairs, holdout_pairs = load_pairs(config)

@@ -1,6 +1,7 @@
 """Latent action model quality on the tabletop world: our quantizer vs LAPA's NSVQ.
 
     python benchmarks/bench_lam_quality.py [--steps 1500] [--episodes 150] [--runs vq_ema,nsvq_lapa]
+        [--model motion_kernel=7 --model difference_embedding=true]
 
 Trains the ``small`` preset on simulated tabletop episodes once per configuration (same
 data, seed and schedule; only the quantizer differs). The expert's actions get heavy noise
@@ -20,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from report import print_report
+from report import override_model, print_report
 
 from lam.configs.lam import get_config
 from lam.train import train
@@ -35,10 +36,18 @@ RUNS = {
 
 
 def run(
-    name: str, steps: int, episodes: int, noise: float, lr: float, out: Path, eval_every: int = 0
+    name: str,
+    steps: int,
+    episodes: int,
+    noise: float,
+    lr: float,
+    out: Path,
+    eval_every: int = 0,
+    model_overrides: tuple[str, ...] = (),
 ) -> dict:
     preset, quantizer_options = RUNS[name]
     config = get_config(preset)
+    override_model(config.model, model_overrides)
     config.total_steps, config.eval_every, config.save_every = steps, eval_every, steps
     config.learning_rate, config.data.episodes, config.data.noise = lr, episodes, noise
     config.run_dir = str(out / name)
@@ -77,10 +86,14 @@ def main() -> None:
     p.add_argument(
         "--eval_every", type=int, default=0, help="also evaluate every N steps (quality_<step>.json)"
     )
+    p.add_argument(
+        "--model", action="append", default=[], help="model config override key=value (repeatable)"
+    )
     p.add_argument("--out", default="runs/bench_lam_quality")
     args = p.parse_args()
+    out = Path(args.out)
     results = [
-        run(n, args.steps, args.episodes, args.noise, args.lr, Path(args.out), args.eval_every)
+        run(n, args.steps, args.episodes, args.noise, args.lr, out, args.eval_every, tuple(args.model))
         for n in args.runs.split(",")
     ]
     cols = ("run", "psnr_gain", "action_sensitivity", "min_position_usage", "joint_distinct",

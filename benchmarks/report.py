@@ -1,9 +1,23 @@
-"""Prints benchmark results: a table of the chosen columns, then every row as a JSON line."""
+"""Shared by the benchmark scripts: the results report and model overrides from the command line."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+
+import ml_collections
+
+
+def override_model(model: ml_collections.ConfigDict, items: Sequence[str]) -> None:
+    """Applies ``key=value`` items (values as JSON: ``motion_kernel=7``, ``difference_embedding=true``)."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in model:
+            raise SystemExit(f"--model {item!r}: expected key=value with a key of the model config")
+        try:
+            model[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise SystemExit(f"--model {item!r}: {e}") from None
 
 
 def print_report(rows: Sequence[dict], cols: Sequence[str]) -> None:

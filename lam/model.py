@@ -8,6 +8,11 @@ vectors with a small conv net, and quantizes the difference (future minus curren
 decoder is a spatial transformer over the *current* frame's patch embeddings (not encoded)
 that cross-attends to the projected action vectors and predicts the future frame's pixels.
 
+Options beyond LAPA (``get_lam_config``; off in the ``lapa`` preset and in converted checkpoints):
+``predict_residual`` (predict ``x_{t+H} - x_t``), ``match_brightness`` (undo a global gain
+between the frames), ``difference_embedding`` (the encoder also embeds ``x_{t+H} - x_t``) and
+``motion_kernel`` (the decoder moves ``x_t``'s pixels with per-patch kernels, :class:`MotionKernels`).
+
 Presets (``get_lam_config``): ``lapa`` (LAPA's released ``laq_openx``: 256x256, patch 32,
 dim 1024, 8+8 layers), ``small`` (64x64, patch 8, dim 128, 2+2 layers: CPU-sized, the shape of
 ``../shared/fixtures/laq_torch_tiny``) and ``tiny`` (tests).
@@ -77,6 +82,16 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # target: flicker and auto-exposure change every pixel, yet the per-patch input LayerNorm
     # hides a global gain from the encoder, so the codes could never explain it (LAPA does not)
     c.match_brightness = True
+    # experimental, off until a LAM trained with them beats one without (BENCHMARKS.md):
+    # k > 0: the decoder also predicts, per patch, a k x k softmax kernel over x_t's neighbourhood
+    # (interpolated between patch centres) and the prediction is x_t moved by these kernels plus
+    # the pixel head's residual (needs predict_residual). Given the true actions, this decoder
+    # learns to use them about three times faster (bench_lam_decoder_ceiling.py). 0: LAPA's decoder
+    c.motion_kernel = 0
+    # True: add a linear embedding of the pixel difference x_{t+H} - x_t to the future frame's
+    # patch tokens before the encoder. Supervised with the true (dx, dy), LAPA's encoder learns
+    # nothing in 400 steps; with the difference it starts to. False: LAPA's encoder
+    c.difference_embedding = False
     if preset == "lapa":
         c.lapa_token_layout = True
         c.predict_residual = c.match_brightness = False
@@ -185,6 +200,40 @@ class CodeHead(nnx.Module):
         return y.reshape(y.shape[0], -1, y.shape[-1])
 
 
+class MotionKernels(nnx.Module):
+    """Moves the current frame: per patch token a ``size x size`` softmax kernel over each pixel's
+    neighbourhood, with the logits interpolated bilinearly between patch centres. It starts close
+    to the identity (the centre logit is ``CENTRE_LOGIT``, the others 0), so the decoder starts
+    near the copy baseline; every offset gets a gradient, unlike a warp by a flow field."""
+
+    CENTRE_LOGIT = 6.0
+
+    def __init__(self, dim: int, size: int, patch_size: int, rngs: nnx.Rngs, param_dtype):
+        if size < 3 or size % 2 == 0:
+            raise ValueError(f"motion_kernel must be an odd size >= 3 (or 0 for none), got {size}")
+        self.size, self.patch_size = size, patch_size
+        self.to_logits = Linear(dim, size * size, rngs, axes=("embed", None), param_dtype=param_dtype)
+        self.to_logits.kernel[...] = jnp.zeros_like(self.to_logits.kernel[...])
+        centre = jnp.zeros((size * size,), param_dtype).at[size * size // 2].set(self.CENTRE_LOGIT)
+        self.to_logits.bias[...] = centre
+
+    def __call__(self, tokens: jax.Array, frame: jax.Array) -> jax.Array:
+        """Decoder tokens [B, h, w, dim] and the frame [B, H, W, C] -> the moved frame [B, H, W, C]."""
+        b, h, w, _ = tokens.shape
+        k, r = self.size, self.size // 2
+        logits = self.to_logits(tokens.astype(jnp.float32))
+        logits = jax.image.resize(logits, (b, h * self.patch_size, w * self.patch_size, k * k), "bilinear")
+        weights = jax.nn.softmax(logits, axis=-1)
+        frame = frame.astype(jnp.float32)
+        height, width = frame.shape[1:3]
+        padded = jnp.pad(frame, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+        # offset (i - r, j - r) of each output pixel, in the kernel's row-major order
+        shifted = jnp.stack(
+            [padded[:, i : i + height, j : j + width] for i in range(k) for j in range(k)], axis=3
+        )
+        return jnp.einsum("bhwk,bhwkc->bhwc", weights, shifted)
+
+
 class LatentActionModel(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
         if cfg.image_size % cfg.patch_size:
@@ -197,6 +246,11 @@ class LatentActionModel(nnx.Module):
         self.patch_norm_in = LayerNorm(patch_dim, param_dtype=pdt)
         self.patch_proj = Linear(patch_dim, cfg.dim, rngs, axes=(None, "embed"), param_dtype=pdt)
         self.patch_norm_out = LayerNorm(cfg.dim, param_dtype=pdt)
+        self.difference_proj = (
+            Linear(patch_dim, cfg.dim, rngs, axes=(None, "embed"), param_dtype=pdt)
+            if cfg.get("difference_embedding", False)  # exports written before the option have none
+            else None
+        )
         self.position_bias = ContinuousPositionBias(cfg.dim, cfg.heads, rngs, param_dtype=pdt)
         kw = dict(remat=cfg.remat, dtype=dtype, param_dtype=pdt)
         self.enc_spatial = Transformer(cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head, rngs, **kw)
@@ -208,14 +262,26 @@ class LatentActionModel(nnx.Module):
             cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head, rngs, cross=True, **kw
         )
         self.to_pixels = Linear(cfg.dim, patch_dim, rngs, axes=("embed", None), param_dtype=pdt)
-        if cfg.predict_residual:  # start exactly at the copy baseline
+        if cfg.predict_residual:  # start at the copy baseline
             self.to_pixels.kernel[...] = jnp.zeros_like(self.to_pixels.kernel[...])
+        kernel = cfg.get("motion_kernel", 0)  # exports written before the option have none
+        if kernel and not cfg.predict_residual:
+            raise ValueError("motion_kernel needs predict_residual (the pixels are added to the moved frame)")
+        self.motion = MotionKernels(cfg.dim, kernel, cfg.patch_size, rngs, pdt) if kernel else None
 
     # -- pieces --------------------------------------------------------------------------------
     def embed_patches(self, frames: jax.Array) -> jax.Array:
         """[B, T, H, W, C] in [0, 1] -> patch tokens [B, T, h, w, dim]."""
         x = self.patch_norm_in(patchify(frames.astype(jnp.float32), self.cfg.patch_size))
         return self.patch_norm_out(self.patch_proj(x).astype(jnp.float32))
+
+    def encoder_tokens(self, frames: jax.Array, tokens: jax.Array) -> jax.Array:
+        """The patch tokens the encoder sees: with ``difference_embedding``, the later frames' tokens
+        plus an embedding of their pixel difference from the first frame."""
+        if self.difference_proj is None:
+            return tokens
+        difference = patchify(frames[:, 1:].astype(jnp.float32) - frames[:, :1], self.cfg.patch_size)
+        return tokens.at[:, 1:].add(self.difference_proj(difference).astype(tokens.dtype))
 
     def encode(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Spatial then temporal transformer; returns the two frames' features [B, 1, h, w, dim]."""
@@ -239,16 +305,18 @@ class LatentActionModel(nnx.Module):
             vectors = jnp.transpose(vectors.reshape(b, d, n), (0, 2, 1))
         return self.project_out(vectors)
 
-    def decode(self, first_patch_tokens: jax.Array, action_tokens: jax.Array) -> jax.Array:
-        """Current-frame patch tokens [B, 1, h, w, dim] + action tokens [B, L, dim] -> frame [B, H, W, C]."""
+    def decode(self, first_patch_tokens: jax.Array, action_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Current-frame patch tokens [B, 1, h, w, dim] + action tokens [B, L, dim] -> the pixel
+        head's frame [B, H, W, C] and the decoder's output tokens [B, h, w, dim]."""
         b, _, h, w, d = first_patch_tokens.shape
         dtype = jnp.dtype(self.cfg.dtype)
         x = first_patch_tokens.reshape(b, h * w, d).astype(dtype)
         x = self.dec_spatial(
             x, (b, 1, h, w), attn_bias=self.position_bias(h, w), context=action_tokens.astype(dtype)
         )
-        pixels = self.to_pixels(x.astype(jnp.float32)).reshape(b, 1, h, w, -1)
-        return unpatchify(pixels, self.cfg.patch_size, self.cfg.channels)[:, 0]
+        x = x.astype(jnp.float32).reshape(b, h, w, d)
+        pixels = self.to_pixels(x).reshape(b, 1, h, w, -1)
+        return unpatchify(pixels, self.cfg.patch_size, self.cfg.channels)[:, 0], x
 
     # -- whole model ---------------------------------------------------------------------------
     def prepare(self, frames: jax.Array) -> jax.Array:
@@ -264,7 +332,7 @@ class LatentActionModel(nnx.Module):
         """
         frames = self.prepare(frames)
         tokens = self.embed_patches(frames)
-        first, last = self.encode(tokens)
+        first, last = self.encode(self.encoder_tokens(frames, tokens))
         z = self.action_vectors(first, last)
         quantized, codes, aux = self.quantizer.quantize(z, train, rng)
         recon = self._future(frames[:, 0], tokens[:, :1], quantized)
@@ -272,7 +340,8 @@ class LatentActionModel(nnx.Module):
 
     def codes(self, frames: jax.Array) -> jax.Array:
         """Hard latent action codes [B, L] of frame pairs [B, 2, H, W, C]."""
-        first, last = self.encode(self.embed_patches(self.prepare(frames)))
+        frames = self.prepare(frames)
+        first, last = self.encode(self.encoder_tokens(frames, self.embed_patches(frames)))
         return self.quantizer.quantize(self.action_vectors(first, last), False)[1]
 
     def reconstruct(self, frames: jax.Array, codes: jax.Array | None = None) -> jax.Array:
@@ -289,5 +358,7 @@ class LatentActionModel(nnx.Module):
         return self._future(frames[:, 0], self.embed_patches(frames[:, :1]), vectors)
 
     def _future(self, current: jax.Array, current_tokens: jax.Array, vectors: jax.Array) -> jax.Array:
-        recon = self.decode(jax.lax.stop_gradient(current_tokens), self.action_tokens(vectors))
-        return recon + current.astype(recon.dtype) if self.cfg.predict_residual else recon
+        pixels, tokens = self.decode(jax.lax.stop_gradient(current_tokens), self.action_tokens(vectors))
+        if self.motion is not None:
+            return pixels + self.motion(tokens, current)
+        return pixels + current.astype(pixels.dtype) if self.cfg.predict_residual else pixels

@@ -12,11 +12,19 @@ import pytest
 from flax import nnx
 from helpers import override, run_killed_at_step
 
-from lam.checkpoint import load_lam
+from lam.checkpoint import CONFIG_FILE, load_lam, save_lam
 from lam.configs.lam import get_config
 from lam.data import PairBatches, frame_pairs, image_folders
 from lam.label import main as label_main
-from lam.model import LatentActionModel, code_grid, get_lam_config, match_brightness, patchify, unpatchify
+from lam.model import (
+    LatentActionModel,
+    MotionKernels,
+    code_grid,
+    get_lam_config,
+    match_brightness,
+    patchify,
+    unpatchify,
+)
 from lam.train import build_optimizer, load_pairs, make_step, train
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training.state import compile_step, create_train_state, global_batch
@@ -77,11 +85,88 @@ def test_training_target_is_brightness_matched_only_when_configured():
     np.testing.assert_array_equal(np.asarray(model(jnp.asarray(flicker))["target"]), flicker[:, 1])
 
 
-@pytest.mark.parametrize("quantizer", ["nsvq", "vq_ema", "fsq"])
-def test_sharded_training_matches_one_device(tmp_path, eight_devices, quantizer):
-    """Three steps on a dp x fsdp mesh of 8 devices reproduce the single-device losses."""
+def _kernels(size: int = 5) -> MotionKernels:
+    return MotionKernels(dim=8, size=size, patch_size=4, rngs=nnx.Rngs(0), param_dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("dy, dx", [(1, 2), (-2, 0), (0, -1)])
+def test_motion_kernels_pull_each_pixel_from_the_chosen_offset(dy, dx):
+    rng = np.random.default_rng(0)
+    frame = rng.random((2, 16, 16, 3)).astype(np.float32)
+    tokens = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)
+    kernels = _kernels()
+    logits = np.full(25, -50.0, np.float32)
+    logits[(2 + dy) * 5 + (2 + dx)] = 50.0  # one offset only, whatever the token
+    kernels.to_logits.bias[...] = jnp.asarray(logits)
+    moved = np.asarray(kernels(tokens, jnp.asarray(frame)))
+    rows = np.clip(np.arange(16) + dy, 0, 15)  # beyond the border the edge pixel is repeated
+    cols = np.clip(np.arange(16) + dx, 0, 15)
+    np.testing.assert_allclose(moved, frame[:, rows][:, :, cols], atol=1e-6)
+
+
+def test_motion_kernels_start_near_the_identity_and_check_their_size():
+    rng = np.random.default_rng(1)
+    frame = jnp.asarray(rng.random((1, 16, 16, 3)), jnp.float32)
+    tokens = jnp.asarray(rng.normal(size=(1, 4, 4, 8)), jnp.float32)
+    kernels = _kernels()
+    centre = np.exp(MotionKernels.CENTRE_LOGIT) / (np.exp(MotionKernels.CENTRE_LOGIT) + 24)
+    moved = np.asarray(kernels(tokens, frame))
+    # the centre's share of the frame, the rest spread evenly over the 24 neighbours
+    padded = np.pad(np.asarray(frame), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    neighbours = sum(padded[:, i : i + 16, j : j + 16] for i in range(5) for j in range(5)) - frame
+    np.testing.assert_allclose(moved, centre * frame + (1 - centre) / 24 * neighbours, atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        _kernels(size=4)
+    cfg = get_lam_config("tiny")
+    cfg.predict_residual, cfg.motion_kernel = False, 7
+    with pytest.raises(ValueError, match="predict_residual"):
+        LatentActionModel(cfg, nnx.Rngs(0))
+    assert get_lam_config("lapa").motion_kernel == 0  # LAPA's decoder draws pixels only
+    assert LatentActionModel(get_lam_config("tiny"), nnx.Rngs(0)).motion is None  # opt-in
+
+
+def test_encoder_sees_the_future_frame_with_its_pixel_difference():
+    cfg = get_lam_config("tiny")
+    cfg.difference_embedding = True
+    model = LatentActionModel(cfg, nnx.Rngs(4))
+    rng = np.random.default_rng(4)
+    model.difference_proj.bias[...] = jnp.asarray(rng.normal(size=cfg.dim), jnp.float32)
+    frames = rng.random((2, 2, 64, 64, 3)).astype(np.float32)
+    tokens = model.embed_patches(jnp.asarray(frames))
+    seen = np.asarray(model.encoder_tokens(jnp.asarray(frames), tokens))
+    np.testing.assert_array_equal(seen[:, 0], np.asarray(tokens[:, 0]))  # x_t as LAPA embeds it
+    # x_{t+H}'s token at patch (i, j) gains W^T (its pixels minus x_t's, in (c p1 p2) order) + b
+    diff = (frames[:, 1] - frames[:, 0]).reshape(2, 8, 8, 8, 8, 3).transpose(0, 1, 3, 5, 2, 4)
+    added = diff.reshape(2, 8, 8, 192) @ np.asarray(model.difference_proj.kernel[...])
+    added += np.asarray(model.difference_proj.bias[...])
+    np.testing.assert_allclose(seen[:, 1] - np.asarray(tokens[:, 1]), added, atol=1e-4)
+    assert get_lam_config("lapa").difference_embedding is False  # LAPA's encoder
+
+
+def test_exports_from_before_the_decoder_and_encoder_options_load_as_lapas(tmp_path):
+    cfg = get_lam_config("tiny")
+    cfg.motion_kernel, cfg.difference_embedding = 0, False
+    model = LatentActionModel(cfg, nnx.Rngs(2))
+    out = save_lam(model, tmp_path / "export")
+    written = json.loads((out / CONFIG_FILE).read_text())
+    del written["motion_kernel"], written["difference_embedding"]  # as exports written before them
+    (out / CONFIG_FILE).write_text(json.dumps(written))
+    loaded = load_lam(out)
+    assert loaded.motion is None and loaded.difference_proj is None
+    frames = jnp.asarray(np.random.default_rng(2).random((2, 2, 64, 64, 3)), jnp.float32)
+    expected = np.asarray(model.reconstruct(frames))
+    np.testing.assert_array_equal(np.asarray(loaded.reconstruct(frames)), expected)
+
+
+@pytest.mark.parametrize(
+    "quantizer, options", [("nsvq", False), ("vq_ema", False), ("fsq", False), ("nsvq", True)]
+)
+def test_sharded_training_matches_one_device(tmp_path, eight_devices, quantizer, options):
+    """Three steps on a dp x fsdp mesh of 8 devices reproduce the single-device losses (with
+    ``options``: the motion-kernel decoder and the difference embedding)."""
     config = get_config(f"tiny,{quantizer}")
     config.batch_size = 8
+    config.model.motion_kernel, config.model.difference_embedding = (7, True) if options else (0, False)
     frames = np.random.default_rng(0).random((8, 2, 64, 64, 3)).astype(np.float32)
     frames[:, 1] = np.roll(frames[:, 0], 2, axis=2)
 
@@ -107,9 +192,9 @@ def test_sharded_training_matches_one_device(tmp_path, eight_devices, quantizer)
 
 def test_bf16_compute_stays_close_to_fp32():
     cfg32 = get_lam_config("tiny")
-    cfg32.predict_residual = False  # compare the decoder's own output, not the copied frame
+    cfg32.predict_residual, cfg32.motion_kernel = False, 0  # the decoder's own output, not the frame
     cfg16 = get_lam_config("tiny")
-    cfg16.predict_residual = False
+    cfg16.predict_residual, cfg16.motion_kernel = False, 0
     cfg16.dtype = "bfloat16"
     frames = jnp.asarray(np.random.default_rng(1).random((2, 2, 64, 64, 3)), jnp.float32)
     m32, m16 = LatentActionModel(cfg32, nnx.Rngs(0)), LatentActionModel(cfg16, nnx.Rngs(0))

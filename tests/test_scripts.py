@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 
@@ -86,6 +87,17 @@ def test_lam_decoder_ceiling_reports_each_evaluation_and_beats_copying(tmp_path)
     rows = _json_lines(_run([script, *args], tmp_path))
     assert [r["step"] for r in rows] == [10, 20]
     assert rows[-1]["psnr_gain"] > 0  # the decoder starts exactly at copying x_t and improves on it
+
+
+@pytest.mark.parametrize(
+    "item, message", [("motion_kernal=7", "key of the model config"), ("dim=x", "Expecting value")]
+)
+def test_lam_benchmarks_reject_a_bad_model_override(tmp_path, item, message):
+    script = str(REPO_ROOT / "benchmarks" / "bench_lam_decoder_ceiling.py")
+    out = subprocess.run(
+        [sys.executable, script, "--model", item], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode != 0 and item in out.stderr and message in out.stderr
 
 
 def test_lapa_job_script_trains_and_exports(tmp_path, sp_model):
