@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from report import override_model, print_report
+from report import add_model_argument, override_model, print_report
 
 from lam import metrics
 from lam.configs.lam import get_config
@@ -39,9 +39,7 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=1.0, help="expert action noise")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval_pairs", type=int, default=512)
-    p.add_argument(
-        "--model", action="append", default=[], help="model config override key=value (repeatable)"
-    )
+    add_model_argument(p)
     args = p.parse_args()
 
     config = get_config("small")

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from report import override_model, print_report
+from report import add_model_argument, override_model, print_report
 
 from lam.configs.lam import get_config
 from lam.train import train
@@ -35,30 +35,22 @@ RUNS = {
 }
 
 
-def run(
-    name: str,
-    steps: int,
-    episodes: int,
-    noise: float,
-    lr: float,
-    out: Path,
-    eval_every: int = 0,
-    model_overrides: tuple[str, ...] = (),
-) -> dict:
+def run(name: str, args: argparse.Namespace) -> dict:
     preset, quantizer_options = RUNS[name]
     config = get_config(preset)
-    override_model(config.model, model_overrides)
-    config.total_steps, config.eval_every, config.save_every = steps, eval_every, steps
-    config.learning_rate, config.data.episodes, config.data.noise = lr, episodes, noise
-    config.run_dir = str(out / name)
+    override_model(config.model, args.model)
+    config.total_steps, config.eval_every, config.save_every = args.steps, args.eval_every, args.steps
+    config.learning_rate, config.data.episodes, config.data.noise = args.lr, args.episodes, args.noise
+    run_dir = Path(args.out) / name
+    config.run_dir = str(run_dir)
     for key, value in quantizer_options.items():
         config.model.quantizer_options[key] = value
     began = time.perf_counter()
     last = train(config)
-    quality = json.loads((out / name / "quality.json").read_text())
+    quality = json.loads((run_dir / "quality.json").read_text())
     return {
         "run": name,
-        "steps": steps,
+        "steps": args.steps,
         "minutes": round((time.perf_counter() - began) / 60, 1),
         "pairs_per_s": round(last["pairs_per_s"], 1),
         "psnr_recon": round(quality["psnr_recon"], 2),
@@ -86,16 +78,10 @@ def main() -> None:
     p.add_argument(
         "--eval_every", type=int, default=0, help="also evaluate every N steps (quality_<step>.json)"
     )
-    p.add_argument(
-        "--model", action="append", default=[], help="model config override key=value (repeatable)"
-    )
+    add_model_argument(p)
     p.add_argument("--out", default="runs/bench_lam_quality")
     args = p.parse_args()
-    out = Path(args.out)
-    results = [
-        run(n, args.steps, args.episodes, args.noise, args.lr, out, args.eval_every, tuple(args.model))
-        for n in args.runs.split(",")
-    ]
+    results = [run(name, args) for name in args.runs.split(",")]
     cols = ("run", "psnr_gain", "action_sensitivity", "min_position_usage", "joint_distinct",
             "probe_linear_r2", "probe_mlp_r2", "pairs_per_s")  # fmt: skip
     print_report(results, cols)

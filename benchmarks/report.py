@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 
 import ml_collections
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model key=value`` (repeatable), for :func:`override_model`."""
+    parser.add_argument(
+        "--model", action="append", default=[], help="model config override key=value (repeatable)"
+    )
 
 
 def override_model(model: ml_collections.ConfigDict, items: Sequence[str]) -> None:

@@ -20,6 +20,8 @@ from flax import nnx, serialization
 from lam.model import LatentActionModel
 
 CONFIG_FILE, STATE_FILE = "lam_config.json", "lam_state.msgpack"
+# model options added after exports were first written: an export without one was trained without it
+LATER_OPTIONS = {"match_brightness": False, "motion_kernel": 0, "difference_embedding": False}
 
 
 def save_lam(model: LatentActionModel, out: str | Path) -> Path:
@@ -37,7 +39,12 @@ def save_lam(model: LatentActionModel, out: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads((Path(path) / CONFIG_FILE).read_text()))
+    """An export's model config, with options it predates set to off."""
+    cfg = ml_collections.ConfigDict(json.loads((Path(path) / CONFIG_FILE).read_text()))
+    for key, off in LATER_OPTIONS.items():
+        if key not in cfg:
+            cfg[key] = off
+    return cfg
 
 
 def load_lam(path: str | Path, *, image_size: int = 256, code_seq_len: int = 4) -> LatentActionModel:

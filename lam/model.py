@@ -248,7 +248,7 @@ class LatentActionModel(nnx.Module):
         self.patch_norm_out = LayerNorm(cfg.dim, param_dtype=pdt)
         self.difference_proj = (
             Linear(patch_dim, cfg.dim, rngs, axes=(None, "embed"), param_dtype=pdt)
-            if cfg.get("difference_embedding", False)  # exports written before the option have none
+            if cfg.difference_embedding
             else None
         )
         self.position_bias = ContinuousPositionBias(cfg.dim, cfg.heads, rngs, param_dtype=pdt)
@@ -264,9 +264,9 @@ class LatentActionModel(nnx.Module):
         self.to_pixels = Linear(cfg.dim, patch_dim, rngs, axes=("embed", None), param_dtype=pdt)
         if cfg.predict_residual:  # start at the copy baseline
             self.to_pixels.kernel[...] = jnp.zeros_like(self.to_pixels.kernel[...])
-        kernel = cfg.get("motion_kernel", 0)  # exports written before the option have none
-        if kernel and not cfg.predict_residual:
+        if cfg.motion_kernel and not cfg.predict_residual:
             raise ValueError("motion_kernel needs predict_residual (the pixels are added to the moved frame)")
+        kernel = cfg.motion_kernel
         self.motion = MotionKernels(cfg.dim, kernel, cfg.patch_size, rngs, pdt) if kernel else None
 
     # -- pieces --------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ class LatentActionModel(nnx.Module):
     # -- whole model ---------------------------------------------------------------------------
     def prepare(self, frames: jax.Array) -> jax.Array:
         """The frames the model encodes and predicts: brightness-matched when configured."""
-        return match_brightness(frames) if self.cfg.get("match_brightness", False) else frames
+        return match_brightness(frames) if self.cfg.match_brightness else frames
 
     def __call__(self, frames: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> dict:
         """Training (NSVQ noise / straight-through) or hard-code forward.
@@ -330,19 +330,14 @@ class LatentActionModel(nnx.Module):
         should equal), ``codes`` [B, L], ``z`` (vectors before quantization) and ``aux_loss``
         (the quantizer's own loss, e.g. VQ commitment).
         """
-        frames = self.prepare(frames)
-        tokens = self.embed_patches(frames)
-        first, last = self.encode(self.encoder_tokens(frames, tokens))
-        z = self.action_vectors(first, last)
+        frames, tokens, z = self._encode_pair(frames)
         quantized, codes, aux = self.quantizer.quantize(z, train, rng)
         recon = self._future(frames[:, 0], tokens[:, :1], quantized)
         return {"recon": recon, "target": frames[:, 1], "codes": codes, "z": z, "aux_loss": aux}
 
     def codes(self, frames: jax.Array) -> jax.Array:
         """Hard latent action codes [B, L] of frame pairs [B, 2, H, W, C]."""
-        frames = self.prepare(frames)
-        first, last = self.encode(self.encoder_tokens(frames, self.embed_patches(frames)))
-        return self.quantizer.quantize(self.action_vectors(first, last), False)[1]
+        return self.quantizer.quantize(self._encode_pair(frames)[2], False)[1]
 
     def reconstruct(self, frames: jax.Array, codes: jax.Array | None = None) -> jax.Array:
         """The future frame predicted from the current frame and ``codes`` (default: the pair's hard codes).
@@ -356,6 +351,13 @@ class LatentActionModel(nnx.Module):
         """The future frame predicted from the current frame ``frames[:, 0]`` and action vectors
         [B, L, quant_dim] (quantized, or any stand-in such as the true actions lifted to that shape)."""
         return self._future(frames[:, 0], self.embed_patches(frames[:, :1]), vectors)
+
+    def _encode_pair(self, frames: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(prepared frames, their patch tokens, the action vectors to quantize) of frame pairs."""
+        frames = self.prepare(frames)
+        tokens = self.embed_patches(frames)
+        first, last = self.encode(self.encoder_tokens(frames, tokens))
+        return frames, tokens, self.action_vectors(first, last)
 
     def _future(self, current: jax.Array, current_tokens: jax.Array, vectors: jax.Array) -> jax.Array:
         pixels, tokens = self.decode(jax.lax.stop_gradient(current_tokens), self.action_tokens(vectors))

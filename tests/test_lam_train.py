@@ -143,16 +143,17 @@ def test_encoder_sees_the_future_frame_with_its_pixel_difference():
     assert get_lam_config("lapa").difference_embedding is False  # LAPA's encoder
 
 
-def test_exports_from_before_the_decoder_and_encoder_options_load_as_lapas(tmp_path):
+def test_exports_from_before_the_later_options_load_with_them_off(tmp_path):
     cfg = get_lam_config("tiny")
-    cfg.motion_kernel, cfg.difference_embedding = 0, False
+    cfg.match_brightness, cfg.motion_kernel, cfg.difference_embedding = False, 0, False
     model = LatentActionModel(cfg, nnx.Rngs(2))
     out = save_lam(model, tmp_path / "export")
     written = json.loads((out / CONFIG_FILE).read_text())
-    del written["motion_kernel"], written["difference_embedding"]  # as exports written before them
-    (out / CONFIG_FILE).write_text(json.dumps(written))
+    del written["match_brightness"], written["motion_kernel"], written["difference_embedding"]
+    (out / CONFIG_FILE).write_text(json.dumps(written))  # as exports written before these options
     loaded = load_lam(out)
     assert loaded.motion is None and loaded.difference_proj is None
+    assert loaded.cfg.match_brightness is False
     frames = jnp.asarray(np.random.default_rng(2).random((2, 2, 64, 64, 3)), jnp.float32)
     expected = np.asarray(model.reconstruct(frames))
     np.testing.assert_array_equal(np.asarray(loaded.reconstruct(frames)), expected)
