@@ -17,14 +17,19 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def override_model(model: ml_collections.ConfigDict, items: Sequence[str]) -> None:
-    """Applies ``key=value`` items (values as JSON: ``motion_kernel=7``, ``difference_embedding=true``)."""
+    """Applies ``key=value`` items: values as JSON (``motion_kernel=7``, ``difference_embedding=true``),
+    or the text itself for a text field (``code_head=max``)."""
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in model:
             raise SystemExit(f"--model {item!r}: expected key=value with a key of the model config")
         try:
             model[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError) as e:
+        except json.JSONDecodeError as e:
+            if not isinstance(model[key], str):
+                raise SystemExit(f"--model {item!r}: {e}") from None
+            model[key] = value
+        except TypeError as e:
             raise SystemExit(f"--model {item!r}: {e}") from None
 
 

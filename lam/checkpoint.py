@@ -21,7 +21,12 @@ from lam.model import LatentActionModel
 
 CONFIG_FILE, STATE_FILE = "lam_config.json", "lam_state.msgpack"
 # model options added after exports were first written: an export without one was trained without it
-LATER_OPTIONS = {"match_brightness": False, "motion_kernel": 0, "difference_embedding": False}
+LATER_OPTIONS = {
+    "match_brightness": False,
+    "motion_kernel": 0,
+    "difference_embedding": False,
+    "code_head": "lapa",
+}
 
 
 def save_lam(model: LatentActionModel, out: str | Path) -> Path:

@@ -11,7 +11,8 @@ that cross-attends to the projected action vectors and predicts the future frame
 Options beyond LAPA (``get_lam_config``; off in the ``lapa`` preset and in converted checkpoints):
 ``predict_residual`` (predict ``x_{t+H} - x_t``), ``match_brightness`` (undo a global gain
 between the frames), ``difference_embedding`` (the encoder also embeds ``x_{t+H} - x_t``) and
-``motion_kernel`` (the decoder moves ``x_t``'s pixels with per-patch kernels, :class:`MotionKernels`).
+``motion_kernel`` (the decoder moves ``x_t``'s pixels with per-patch kernels, :class:`MotionKernels`)
+and ``code_head="max"`` (the codes from the grid's maximum of the feature difference, :class:`MaxPoolCodeHead`).
 
 Presets (``get_lam_config``): ``lapa`` (LAPA's released ``laq_openx``: 256x256, patch 32,
 dim 1024, 8+8 layers), ``small`` (64x64, patch 8, dim 128, 2+2 layers: CPU-sized, the shape of
@@ -92,6 +93,11 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # patch tokens before the encoder. Supervised with the true (dx, dy), LAPA's encoder learns
     # nothing in 400 steps; with the difference it starts to. False: LAPA's encoder
     c.difference_embedding = False
+    # "max": the action vectors are a linear map of the maximum over the patch grid of the future
+    # minus the current frame's features. Supervised with the true (dx, dy), it learns them where
+    # LAPA's head (local convs per frame, then the difference) learns nothing in 400 steps
+    # (bench_lam_encoder_ceiling.py). "lapa": LAPA's head
+    c.code_head = "lapa"
     if preset == "lapa":
         c.lapa_token_layout = True
         c.predict_residual = c.match_brightness = False
@@ -173,7 +179,8 @@ class Conv2d(nnx.Module):
 
 
 class CodeHead(nnx.Module):
-    """Per-frame features [B, h, w, dim] -> ``code_seq_len`` vectors [B, L, quant_dim]."""
+    """LAPA's: each frame's features [B, h, w, dim] -> ``code_seq_len`` vectors [B, L, quant_dim]
+    by a small conv net over the patch grid; the action vectors are future minus current."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, grid: tuple[int, int], rngs: nnx.Rngs, param_dtype):
         if cfg.code_seq_len not in CODE_HEADS:
@@ -191,13 +198,40 @@ class CodeHead(nnx.Module):
                 "LAPA's code heads expect an 8x8 grid for 1, 2 and 4 codes (e.g. 256px/32 or 64px/8)"
             )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, first: jax.Array, last: jax.Array) -> jax.Array:
+        """The two frames' features [B, h, w, dim] -> action vectors [B, L, quant_dim]."""
+        return self.frame_vectors(last) - self.frame_vectors(first)
+
+    def frame_vectors(self, x: jax.Array) -> jax.Array:
         y = self.project_in(x).astype(jnp.float32)
         for i, conv in enumerate(self.convs):
             y = conv(y)
             if i < len(self.convs) - 1:
                 y = jax.nn.relu(y)
         return y.reshape(y.shape[0], -1, y.shape[-1])
+
+
+class MaxPoolCodeHead(nnx.Module):
+    """The action vectors as a linear map of the maximum over the patch grid of the feature
+    difference (future minus current): a motion anywhere in the frame reaches every code."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, param_dtype):
+        self.shape = (cfg.code_seq_len, cfg.quant_dim)
+        out = cfg.code_seq_len * cfg.quant_dim
+        self.project = Linear(cfg.dim, out, rngs, axes=("embed", None), param_dtype=param_dtype)
+
+    def __call__(self, first: jax.Array, last: jax.Array) -> jax.Array:
+        """The two frames' features [B, h, w, dim] -> action vectors [B, L, quant_dim]."""
+        pooled = (last - first).astype(jnp.float32).max(axis=(1, 2))
+        return self.project(pooled).reshape(len(pooled), *self.shape)
+
+
+def make_code_head(cfg: ml_collections.ConfigDict, grid: tuple[int, int], rngs: nnx.Rngs, param_dtype):
+    if cfg.code_head == "lapa":
+        return CodeHead(cfg, grid, rngs, param_dtype)
+    if cfg.code_head == "max":
+        return MaxPoolCodeHead(cfg, rngs, param_dtype)
+    raise ValueError(f"unknown code_head {cfg.code_head!r}; choose lapa or max")
 
 
 class MotionKernels(nnx.Module):
@@ -255,7 +289,7 @@ class LatentActionModel(nnx.Module):
         kw = dict(remat=cfg.remat, dtype=dtype, param_dtype=pdt)
         self.enc_spatial = Transformer(cfg.dim, cfg.spatial_depth, cfg.heads, cfg.dim_head, rngs, **kw)
         self.enc_temporal = Transformer(cfg.dim, cfg.temporal_depth, cfg.heads, cfg.dim_head, rngs, **kw)
-        self.code_head = CodeHead(cfg, self.grid, rngs, pdt)
+        self.code_head = make_code_head(cfg, self.grid, rngs, pdt)
         self.quantizer = make_quantizer(cfg, rngs, pdt)
         self.project_out = Linear(cfg.quant_dim, cfg.dim, rngs, axes=(None, "embed"), param_dtype=pdt)
         self.dec_spatial = Transformer(
@@ -295,8 +329,8 @@ class LatentActionModel(nnx.Module):
         return x[:, :1], x[:, 1:]
 
     def action_vectors(self, first: jax.Array, last: jax.Array) -> jax.Array:
-        """The vectors to quantize: code head(future) - code head(current), [B, L, quant_dim]."""
-        return self.code_head(last[:, 0]) - self.code_head(first[:, 0])
+        """The vectors to quantize [B, L, quant_dim] from the two frames' features [B, 1, h, w, dim]."""
+        return self.code_head(first[:, 0], last[:, 0])
 
     def action_tokens(self, vectors: jax.Array) -> jax.Array:
         """Quantized vectors [B, L, quant_dim] -> the decoder's context tokens [B, L, dim]."""
@@ -330,14 +364,14 @@ class LatentActionModel(nnx.Module):
         should equal), ``codes`` [B, L], ``z`` (vectors before quantization) and ``aux_loss``
         (the quantizer's own loss, e.g. VQ commitment).
         """
-        frames, tokens, z = self._encode_pair(frames)
+        frames, tokens, z = self.encode_pair(frames)
         quantized, codes, aux = self.quantizer.quantize(z, train, rng)
         recon = self._future(frames[:, 0], tokens[:, :1], quantized)
         return {"recon": recon, "target": frames[:, 1], "codes": codes, "z": z, "aux_loss": aux}
 
     def codes(self, frames: jax.Array) -> jax.Array:
         """Hard latent action codes [B, L] of frame pairs [B, 2, H, W, C]."""
-        return self.quantizer.quantize(self._encode_pair(frames)[2], False)[1]
+        return self.quantizer.quantize(self.encode_pair(frames)[2], False)[1]
 
     def reconstruct(self, frames: jax.Array, codes: jax.Array | None = None) -> jax.Array:
         """The future frame predicted from the current frame and ``codes`` (default: the pair's hard codes).
@@ -352,7 +386,7 @@ class LatentActionModel(nnx.Module):
         [B, L, quant_dim] (quantized, or any stand-in such as the true actions lifted to that shape)."""
         return self._future(frames[:, 0], self.embed_patches(frames[:, :1]), vectors)
 
-    def _encode_pair(self, frames: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def encode_pair(self, frames: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(prepared frames, their patch tokens, the action vectors to quantize) of frame pairs."""
         frames = self.prepare(frames)
         tokens = self.embed_patches(frames)

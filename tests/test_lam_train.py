@@ -143,17 +143,44 @@ def test_encoder_sees_the_future_frame_with_its_pixel_difference():
     assert get_lam_config("lapa").difference_embedding is False  # LAPA's encoder
 
 
+def test_max_pool_code_head_reads_the_grid_maximum_of_the_feature_difference():
+    cfg = get_lam_config("tiny")
+    cfg.code_head = "max"
+    model = LatentActionModel(cfg, nnx.Rngs(5))
+    rng = np.random.default_rng(5)
+    first, last = (jnp.asarray(rng.normal(size=(3, 1, 8, 8, cfg.dim)), jnp.float32) for _ in range(2))
+    vectors = np.asarray(model.action_vectors(first, last))
+    head = model.code_head
+    pooled = np.asarray(last - first)[:, 0].max(axis=(1, 2))  # [B, dim]: each feature's largest change
+    expected = pooled @ np.asarray(head.project.kernel[...]) + np.asarray(head.project.bias[...])
+    np.testing.assert_allclose(vectors, expected.reshape(3, cfg.code_seq_len, cfg.quant_dim), atol=1e-5)
+    # the same change at any one patch gives the same codes, wherever the patch is
+    def changed_at(i: int, j: int) -> np.ndarray:
+        moved = np.asarray(first).copy()
+        moved[:, :, i, j] += 5.0
+        return np.asarray(model.action_vectors(first, jnp.asarray(moved)))
+
+    corner, centre, still = changed_at(7, 0), changed_at(3, 4), np.asarray(model.action_vectors(first, first))
+    np.testing.assert_allclose(corner, centre, atol=1e-5)
+    assert np.abs(corner - still).min() > 1e-3
+    with pytest.raises(ValueError, match="code_head"):
+        cfg.code_head = "mean"
+        LatentActionModel(cfg, nnx.Rngs(0))
+    assert get_lam_config("small").code_head == get_lam_config("lapa").code_head == "lapa"
+
+
 def test_exports_from_before_the_later_options_load_with_them_off(tmp_path):
     cfg = get_lam_config("tiny")
     cfg.match_brightness, cfg.motion_kernel, cfg.difference_embedding = False, 0, False
     model = LatentActionModel(cfg, nnx.Rngs(2))
     out = save_lam(model, tmp_path / "export")
     written = json.loads((out / CONFIG_FILE).read_text())
-    del written["match_brightness"], written["motion_kernel"], written["difference_embedding"]
+    for key in ("match_brightness", "motion_kernel", "difference_embedding", "code_head"):
+        del written[key]
     (out / CONFIG_FILE).write_text(json.dumps(written))  # as exports written before these options
     loaded = load_lam(out)
     assert loaded.motion is None and loaded.difference_proj is None
-    assert loaded.cfg.match_brightness is False
+    assert loaded.cfg.match_brightness is False and loaded.cfg.code_head == "lapa"
     frames = jnp.asarray(np.random.default_rng(2).random((2, 2, 64, 64, 3)), jnp.float32)
     expected = np.asarray(model.reconstruct(frames))
     np.testing.assert_array_equal(np.asarray(loaded.reconstruct(frames)), expected)
@@ -164,10 +191,11 @@ def test_exports_from_before_the_later_options_load_with_them_off(tmp_path):
 )
 def test_sharded_training_matches_one_device(tmp_path, eight_devices, quantizer, options):
     """Three steps on a dp x fsdp mesh of 8 devices reproduce the single-device losses (with
-    ``options``: the motion-kernel decoder and the difference embedding)."""
+    ``options``: the motion-kernel decoder, the difference embedding and the max-pool code head)."""
     config = get_config(f"tiny,{quantizer}")
     config.batch_size = 8
-    config.model.motion_kernel, config.model.difference_embedding = (7, True) if options else (0, False)
+    if options:
+        config.model.motion_kernel, config.model.difference_embedding, config.model.code_head = 7, True, "max"
     frames = np.random.default_rng(0).random((8, 2, 64, 64, 3)).astype(np.float32)
     frames[:, 1] = np.roll(frames[:, 0], 2, axis=2)
 
