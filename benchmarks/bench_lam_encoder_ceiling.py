@@ -62,7 +62,8 @@ def main() -> None:
 
     def evaluate() -> dict[str, float]:
         predicted = np.asarray(predict(model, data.holdout["frames"]))
-        return dict(zip(NAMES, metrics.r2_scores(targets(data.holdout["actions"]), predicted, NAMES)))
+        scores = metrics.r2_scores(targets(data.holdout["actions"]), predicted, NAMES)
+        return dict(zip(NAMES, scores, strict=True))
 
     rows = train_and_evaluate(data, args, lambda f, a: step(model, optimizer, f, a), evaluate)
     print_report(rows, ("step", "train_mse", *NAMES, "minutes"))

@@ -8,11 +8,12 @@ vectors with a small conv net, and quantizes the difference (future minus curren
 decoder is a spatial transformer over the *current* frame's patch embeddings (not encoded)
 that cross-attends to the projected action vectors and predicts the future frame's pixels.
 
-Options beyond LAPA (``get_lam_config``; off in the ``lapa`` preset and in converted checkpoints):
+Options beyond LAPA (``get_lam_config``; all off in the ``lapa`` preset and in converted checkpoints):
 ``predict_residual`` (predict ``x_{t+H} - x_t``), ``match_brightness`` (undo a global gain
-between the frames), ``difference_embedding`` (the encoder also embeds ``x_{t+H} - x_t``) and
-``motion_kernel`` (the decoder moves ``x_t``'s pixels with per-patch kernels, :class:`MotionKernels`)
-and ``code_head="max"`` (the codes from the grid's maximum of the feature difference, :class:`MaxPoolCodeHead`).
+between the frames), ``motion_kernel`` (the decoder moves ``x_t``'s pixels with per-patch
+kernels, :class:`MotionKernels`), ``code_head="max"`` (the codes from the grid's extremes of the
+feature change, :class:`MaxPoolCodeHead`) and ``difference_embedding`` (the encoder also embeds
+``x_{t+H} - x_t``). The ``small`` preset has all but the last; ``tiny`` the first two.
 
 Presets (``get_lam_config``): ``lapa`` (LAPA's released ``laq_openx``: 256x256, patch 32,
 dim 1024, 8+8 layers), ``small`` (64x64, patch 8, dim 128, 2+2 layers: CPU-sized, the shape of
@@ -83,20 +84,22 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # target: flicker and auto-exposure change every pixel, yet the per-patch input LayerNorm
     # hides a global gain from the encoder, so the codes could never explain it (LAPA does not)
     c.match_brightness = True
-    # experimental, off until a LAM trained with them beats one without (BENCHMARKS.md):
+    # beyond LAPA; on in the small preset, where a LAM trained with both beats one without after
+    # 1,000 steps on every measure (BENCHMARKS.md):
     # k > 0: the decoder also predicts, per patch, a k x k softmax kernel over x_t's neighbourhood
     # (interpolated between patch centres) and the prediction is x_t moved by these kernels plus
     # the pixel head's residual (needs predict_residual). Given the true actions, this decoder
     # learns to use them about three times faster (bench_lam_decoder_ceiling.py). 0: LAPA's decoder
     c.motion_kernel = 0
+    # experimental, off everywhere (not measured in a LAM with the "max" code head):
     # True: add a linear embedding of the pixel difference x_{t+H} - x_t to the future frame's
     # patch tokens before the encoder. Supervised with the true (dx, dy), LAPA's encoder learns
     # nothing in 400 steps; with the difference it starts to. False: LAPA's encoder
     c.difference_embedding = False
-    # "max": the action vectors are a linear map of the maximum over the patch grid of the future
-    # minus the current frame's features. Supervised with the true (dx, dy), it learns them where
-    # LAPA's head (local convs per frame, then the difference) learns nothing in 400 steps
-    # (bench_lam_encoder_ceiling.py). "lapa": LAPA's head
+    # "max": the action vectors are a linear map of each feature's largest rise plus largest fall
+    # over the patch grid (future minus current frame's features). Supervised with the true
+    # (dx, dy), it learns them where LAPA's head (local convs per frame, then the difference)
+    # learns almost nothing in 400 steps (bench_lam_encoder_ceiling.py). "lapa": LAPA's head
     c.code_head = "lapa"
     if preset == "lapa":
         c.lapa_token_layout = True
@@ -105,11 +108,13 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
         c.dim, c.quant_dim = 1024, 32
         c.spatial_depth = c.temporal_depth = 8
         c.heads, c.dim_head = 16, 64
-    elif preset == "tiny":
+    elif preset == "small":
+        c.motion_kernel, c.code_head = 7, "max"
+    elif preset == "tiny":  # tests: LAPA's heads (the small preset's are tested with them on)
         c.dim, c.quant_dim = 64, 8
         c.spatial_depth = c.temporal_depth = 1
         c.heads, c.dim_head = 2, 32
-    elif preset != "small":
+    else:
         raise ValueError(f"unknown LAM preset {preset!r}; choose lapa, small or tiny")
     c.quantizer = quantizer
     c.quantizer_options = quantizer_options(quantizer)
@@ -212,18 +217,22 @@ class CodeHead(nnx.Module):
 
 
 class MaxPoolCodeHead(nnx.Module):
-    """The action vectors as a linear map of the maximum over the patch grid of the feature
-    difference (future minus current): a motion anywhere in the frame reaches every code."""
+    """The action vectors as a linear map (no bias) of each feature's largest rise plus its
+    largest fall over the patch grid, from the current to the future frame's features: a motion
+    anywhere in the frame reaches every code, no change gives the zero vector and, with a motion
+    and its reverse equally common, every code position is centred on zero, so the positions
+    share LAPA's one codebook instead of splitting it between them."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, param_dtype):
         self.shape = (cfg.code_seq_len, cfg.quant_dim)
         out = cfg.code_seq_len * cfg.quant_dim
-        self.project = Linear(cfg.dim, out, rngs, axes=("embed", None), param_dtype=param_dtype)
+        self.project = Linear(cfg.dim, out, rngs, bias=False, axes=("embed", None), param_dtype=param_dtype)
 
     def __call__(self, first: jax.Array, last: jax.Array) -> jax.Array:
         """The two frames' features [B, h, w, dim] -> action vectors [B, L, quant_dim]."""
-        pooled = (last - first).astype(jnp.float32).max(axis=(1, 2))
-        return self.project(pooled).reshape(len(pooled), *self.shape)
+        change = (last - first).astype(jnp.float32)
+        extremes = change.max(axis=(1, 2)) + change.min(axis=(1, 2))
+        return self.project(extremes).reshape(len(extremes), *self.shape)
 
 
 def make_code_head(cfg: ml_collections.ConfigDict, grid: tuple[int, int], rngs: nnx.Rngs, param_dtype):
