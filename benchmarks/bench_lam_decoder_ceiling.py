@@ -1,15 +1,15 @@
 """How fast the LAM's decoder learns to use perfect action information: a ceiling for the codes.
 
-    python benchmarks/bench_lam_decoder_ceiling.py [--steps 1500] [--eval_every 500] [--model motion_kernel=7]
+    python benchmarks/bench_lam_decoder_ceiling.py [--steps 1500] [--eval_every 500] [--model motion_kernel=0]
 
-Trains the ``small`` preset's decoder on the tabletop world (same data and optimizer as
-``bench_lam_quality.py``) with the *true* actions in place of the quantized action vectors: a
-fixed random linear map of the standardised (dx, dy, dz, dyaw, gripper) to the
-``code_seq_len x quant_dim`` vectors the decoder normally receives. Reports, on held-out pairs,
-the PSNR gain over copying x_t and the action sensitivity (true actions vs another pair's). A
-LAM at the same step cannot do better: while its decoder cannot yet exploit even the true
-action, the codes have little reason to carry it. Prints a table and one JSON line per evaluation.
-Its twin for the encoder is ``bench_lam_encoder_ceiling.py``.
+Trains the ``small`` preset's decoder (its kernel decoder; ``--model motion_kernel=0`` for LAPA's
+pixel head) on the tabletop world (same data and optimizer as ``bench_lam_quality.py``) with the
+*true* actions in place of the quantized action vectors: a fixed random linear map of the
+standardised (dx, dy, dz, dyaw, gripper) to the ``code_seq_len x quant_dim`` vectors the decoder
+normally receives. Reports, on held-out pairs, the PSNR gain over copying x_t and the action
+sensitivity (true actions vs another pair's). A LAM at the same step cannot do better: while its
+decoder cannot yet exploit even the true action, the codes have little reason to carry it.
+Prints a table and one JSON line per evaluation. Its twin for the encoder is ``bench_lam_encoder_ceiling.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How fast the LAM's encoder learns to see the motion when told it: a ceiling for the codes.
 
-    python benchmarks/bench_lam_encoder_ceiling.py [--steps 400] [--eval_every 100] [--model code_head=max]
+    python benchmarks/bench_lam_encoder_ceiling.py [--steps 400] [--eval_every 100] [--model code_head=lapa]
 
 Trains the ``small`` preset's encoder and code head on the tabletop world (same data and
 optimizer as ``bench_lam_quality.py``), with a linear readout of the action vectors (before

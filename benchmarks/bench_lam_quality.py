@@ -1,7 +1,7 @@
 """Latent action model quality on the tabletop world: our quantizer vs LAPA's NSVQ.
 
     python benchmarks/bench_lam_quality.py [--steps 1500] [--episodes 150] [--runs vq_ema,nsvq_lapa]
-        [--model motion_kernel=7 --model difference_embedding=true]
+        [--model code_head=lapa --model motion_kernel=0]   # LAPA's heads instead of the small preset's
 
 Trains the ``small`` preset on simulated tabletop episodes once per configuration (same
 data, seed and schedule; only the quantizer differs). The expert's actions get heavy noise

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import ml_collections
 import numpy as np
 from report import add_model_argument, override_model
 
@@ -33,7 +34,7 @@ def ceiling_parser(doc: str, steps: int, eval_every: int) -> argparse.ArgumentPa
 class CeilingData:
     """The preset's config (overrides applied), training pairs, held-out batch and action statistics."""
 
-    config: object
+    config: ml_collections.ConfigDict
     batches: PairBatches
     train_pairs: np.ndarray
     holdout: dict[str, np.ndarray]
@@ -67,8 +68,8 @@ def train_and_evaluate(
     config, rng = data.config, np.random.default_rng(data.config.seed)
     rows, losses, began = [], [], time.perf_counter()
     for i in range(1, args.steps + 1):
-        rows_drawn = data.train_pairs[rng.integers(0, len(data.train_pairs), config.batch_size)]
-        batch = data.batches.make_batch(rows_drawn, config.model.image_size)
+        drawn = data.train_pairs[rng.integers(0, len(data.train_pairs), config.batch_size)]
+        batch = data.batches.make_batch(drawn, config.model.image_size)
         losses.append(step(batch["frames"], batch["actions"]))  # read back only when evaluating
         if i % args.eval_every == 0 or i == args.steps:
             scores = evaluate()

@@ -23,6 +23,9 @@ def override_model(model: ml_collections.ConfigDict, items: Sequence[str]) -> No
         key, sep, value = item.partition("=")
         if not sep or key not in model:
             raise SystemExit(f"--model {item!r}: expected key=value with a key of the model config")
+        if key.startswith("quantizer"):
+            reason = "the quantizer comes with its options; choose it by run or preset"
+            raise SystemExit(f"--model {item!r}: {reason}")
         try:
             model[key] = json.loads(value)
         except json.JSONDecodeError as e:

@@ -110,8 +110,8 @@ def test_lam_benchmarks_reject_a_bad_model_override(tmp_path, item, message):
     assert out.returncode != 0 and item in out.stderr and message in out.stderr
 
 
-def test_model_overrides_parse_json_and_take_bare_text_only_for_text_fields():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+def test_model_overrides_parse_json_and_take_bare_text_only_for_text_fields(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     from report import override_model
 
     from lam.model import get_lam_config
@@ -123,6 +123,8 @@ def test_model_overrides_parse_json_and_take_bare_text_only_for_text_fields():
     assert cfg.code_head == "lapa"
     with pytest.raises(SystemExit, match="motion_kernel=seven"):
         override_model(cfg, ["motion_kernel=seven"])  # an int field does not take text
+    with pytest.raises(SystemExit, match="quantizer comes with its options"):
+        override_model(cfg, ["quantizer=fsq"])  # would keep nsvq's quantizer_options
 
 
 def test_lapa_job_script_trains_and_exports(tmp_path, sp_model):

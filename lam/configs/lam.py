@@ -1,6 +1,7 @@
 """Latent action model training: ``--config=lam/configs/lam.py:<model>[,<quantizer>]``.
 
-Models: ``small`` (64x64 frames, patch 8; CPU-sized, e.g. the tabletop world), ``lapa``
+Models: ``small`` (64x64 frames, patch 8; CPU-sized, e.g. the tabletop world; with the max-pool
+code head and the kernel decoder instead of LAPA's, see ``lam/model.py``), ``lapa``
 (LAPA's released ``laq_openx`` architecture and training values: 256x256, patch 32, dim 1024,
 8+8 layers, batch 64, lr 1e-4, offset 30 frames) and ``tiny`` (tests). Quantizers: ``nsvq``
 (LAPA's, default), ``vq_ema`` or ``fsq``. Override any field, e.g.
