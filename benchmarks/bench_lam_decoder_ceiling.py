@@ -23,7 +23,6 @@ from report import print_report
 
 from lam import metrics
 from lam.model import LatentActionModel
-from lam.train import build_optimizer
 
 ACTION_DIMS = (0, 1, 2, 5, 6)  # dx, dy, dz, dyaw, gripper (the tabletop world has no roll/pitch)
 
@@ -44,18 +43,11 @@ def main() -> None:
         frames = model.prepare(frames)
         return model.predict(frames, action_vectors(actions)), frames[:, 1]
 
+    def loss(model: LatentActionModel, frames: jax.Array, actions: jax.Array) -> jax.Array:
+        recon, target = predict(model, frames, actions)
+        return jnp.mean(jnp.square(recon - target))
+
     model = LatentActionModel(cfg, nnx.Rngs(data.config.seed))
-    optimizer = nnx.Optimizer(model, build_optimizer(data.config), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, frames, actions):
-        def loss_fn(model):
-            recon, target = predict(model, frames, actions)
-            return jnp.mean(jnp.square(recon - target))
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
 
     @nnx.jit
     def outputs(model, frames, actions):
@@ -73,7 +65,7 @@ def main() -> None:
         )
         return {"psnr_gain": gain["psnr_gain"], "action_sensitivity": sensitivity}
 
-    rows = train_and_evaluate(data, args, lambda f, a: step(model, optimizer, f, a), evaluate)
+    rows = train_and_evaluate(data, args, model, loss, evaluate)
     print_report(rows, ("step", "train_mse", "psnr_gain", "action_sensitivity", "minutes"))
 
 

@@ -22,7 +22,6 @@ from report import print_report
 from lam import metrics
 from lam.layers import Linear
 from lam.model import LatentActionModel
-from lam.train import build_optimizer
 
 PROBED = (0, 1)  # dx, dy
 NAMES = ("r2_dx", "r2_dy")
@@ -44,19 +43,12 @@ def main() -> None:
     args = ceiling_parser(__doc__, steps=400, eval_every=100).parse_args()
     data = load_ceiling_data(args)
     model = EncoderReadout(data.config.model, nnx.Rngs(data.config.seed))
-    optimizer = nnx.Optimizer(model, build_optimizer(data.config), wrt=nnx.Param)
 
     def targets(actions):
         return data.standardize(actions)[:, PROBED]
 
-    @nnx.jit
-    def step(model, optimizer, frames, actions):
-        def loss_fn(model):
-            return jnp.mean(jnp.square(model(frames) - targets(actions)))
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
+    def loss(model: EncoderReadout, frames: jax.Array, actions: jax.Array) -> jax.Array:
+        return jnp.mean(jnp.square(model(frames) - targets(actions)))
 
     predict = nnx.jit(lambda model, frames: model(frames))
 
@@ -65,7 +57,7 @@ def main() -> None:
         scores = metrics.r2_scores(targets(data.holdout["actions"]), predicted, NAMES)
         return dict(zip(NAMES, scores, strict=True))
 
-    rows = train_and_evaluate(data, args, lambda f, a: step(model, optimizer, f, a), evaluate)
+    rows = train_and_evaluate(data, args, model, loss, evaluate)
     print_report(rows, ("step", "train_mse", *NAMES, "minutes"))
 
 

@@ -11,11 +11,13 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from report import add_model_argument, override_model
 
+from lam import metrics
 from lam.configs.lam import get_config
 from lam.data import PairBatches, pair_actions
-from lam.train import load_pairs
+from lam.train import build_optimizer, load_pairs
 
 
 def ceiling_parser(doc: str, steps: int, eval_every: int) -> argparse.ArgumentParser:
@@ -53,24 +55,34 @@ def load_ceiling_data(args: argparse.Namespace) -> CeilingData:
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     batches = PairBatches(episodes)
     holdout = batches.make_batch(holdout_pairs[: args.eval_pairs], config.model.image_size)
-    actions = pair_actions(episodes, train_pairs)
-    return CeilingData(config, batches, train_pairs, holdout, actions.mean(0), actions.std(0) + 1e-8)
+    mean, std = metrics.standardiser(pair_actions(episodes, train_pairs))
+    return CeilingData(config, batches, train_pairs, holdout, mean, std)
 
 
 def train_and_evaluate(
     data: CeilingData,
     args: argparse.Namespace,
-    step: Callable[[jax.Array, jax.Array], jax.Array],
+    model: nnx.Module,
+    loss: Callable[[nnx.Module, jax.Array, jax.Array], jax.Array],
     evaluate: Callable[[], dict[str, float]],
 ) -> list[dict]:
-    """Runs ``step(frames, actions) -> loss`` on random training batches; every ``eval_every`` steps
-    (and at the end) a row of ``evaluate()``'s scores with the step, recent train loss and minutes."""
+    """Trains ``model`` on ``loss(model, frames, actions)`` over random training batches with the
+    LAM's optimizer; every ``eval_every`` steps (and at the end) a row of ``evaluate()``'s scores
+    with the step, recent train loss and minutes."""
     config, rng = data.config, np.random.default_rng(data.config.seed)
+    optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, frames, actions):
+        value, grads = nnx.value_and_grad(loss)(model, frames, actions)
+        optimizer.update(model, grads)
+        return value
+
     rows, losses, began = [], [], time.perf_counter()
     for i in range(1, args.steps + 1):
         drawn = data.train_pairs[rng.integers(0, len(data.train_pairs), config.batch_size)]
         batch = data.batches.make_batch(drawn, config.model.image_size)
-        losses.append(step(batch["frames"], batch["actions"]))  # read back only when evaluating
+        losses.append(step(model, optimizer, batch["frames"], batch["actions"]))  # read back at evaluations
         if i % args.eval_every == 0 or i == args.steps:
             scores = evaluate()
             print(f"step {i}: " + ", ".join(f"{k} {v:+.2f}" for k, v in scores.items()), flush=True)

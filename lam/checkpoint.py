@@ -17,16 +17,12 @@ import ml_collections
 import numpy as np
 from flax import nnx, serialization
 
-from lam.model import LatentActionModel
+from lam.model import LatentActionModel, get_lam_config
 
 CONFIG_FILE, STATE_FILE = "lam_config.json", "lam_state.msgpack"
-# model options added after exports were first written: an export without one was trained without it
-LATER_OPTIONS = {
-    "match_brightness": False,
-    "motion_kernel": 0,
-    "difference_embedding": False,
-    "code_head": "lapa",
-}
+# model options added after exports were first written: an export without one was trained
+# without it, i.e. with LAPA's setting (the lapa preset has every option beyond LAPA off)
+LATER_OPTIONS = ("match_brightness", "motion_kernel", "difference_embedding", "code_head")
 
 
 def save_lam(model: LatentActionModel, out: str | Path) -> Path:
@@ -46,9 +42,10 @@ def save_lam(model: LatentActionModel, out: str | Path) -> Path:
 def load_config(path: str | Path) -> ml_collections.ConfigDict:
     """An export's model config, with options it predates set to off."""
     cfg = ml_collections.ConfigDict(json.loads((Path(path) / CONFIG_FILE).read_text()))
-    for key, off in LATER_OPTIONS.items():
+    lapa = get_lam_config("lapa")
+    for key in LATER_OPTIONS:
         if key not in cfg:
-            cfg[key] = off
+            cfg[key] = lapa[key]
     return cfg
 
 

@@ -226,7 +226,7 @@ def _probe_inputs(codes_train, y_train, codes_test, y_test, codebook_size, extra
     return codes_train, y_train, codes_test, y_test, extra_train, extra_test
 
 
-def _standardiser(y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardiser(y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Train mean and std per dim (std 1 for a constant train dim)."""
     std = y_train.std(0)
     return y_train.mean(0), np.where(std > 0, std, 1.0)
@@ -289,7 +289,7 @@ def linear_probe_r2(
     if extra_train is not None:
         x_train = np.concatenate([x_train, extra_train], axis=1)
         x_test = np.concatenate([x_test, extra_test], axis=1)
-    y_mean, y_std = _standardiser(y_train)
+    y_mean, y_std = standardiser(y_train)
     x_mean = x_train.mean(0)
     xc = x_train - x_mean
     gram = xc.T @ xc + ridge * np.eye(xc.shape[1])
@@ -363,7 +363,7 @@ def mlp_probe_r2(
     if extra_train is None:
         extra_train = np.zeros((len(codes_train), 0))
         extra_test = np.zeros((len(codes_test), 0))
-    y_mean, y_std = _standardiser(y_train)
+    y_mean, y_std = standardiser(y_train)
     params = _init_mlp(
         jax.random.PRNGKey(seed),
         codes_train.shape[1],

@@ -84,9 +84,9 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # target: flicker and auto-exposure change every pixel, yet the per-patch input LayerNorm
     # hides a global gain from the encoder, so the codes could never explain it (LAPA does not)
     c.match_brightness = True
-    # motion_kernel and code_head (below) go beyond LAPA; the small preset has both on: at 1,000
-    # steps a LAM with both beats one with LAPA's heads on every quality measure, at lower
-    # throughput (BENCHMARKS.md; neither was measured in a LAM without the other).
+    # motion_kernel and code_head (below) go beyond LAPA; the small preset has both on: a LAM with
+    # both beats one with LAPA's heads on gain, action sensitivity and probe R^2 and ties on
+    # codebook usage, at lower throughput (BENCHMARKS.md; neither measured without the other).
     # k > 0: the decoder also predicts, per patch, a k x k softmax kernel over x_t's neighbourhood
     # (interpolated between patch centres) and the prediction is x_t moved by these kernels plus
     # the pixel head's residual (needs predict_residual). Given the true actions, this decoder

@@ -168,10 +168,12 @@ def test_max_pool_code_head_reads_the_grid_extremes_of_the_feature_change(tmp_pa
     corner, centre = changed_at(7, 0), changed_at(3, 4)
     np.testing.assert_allclose(corner, centre, atol=1e-5)
     assert np.abs(corner).min() > 1e-3
-    # an export keeps the head: the same codes after loading
+    # an export keeps the head: the same action vectors and codes after loading
     frames = jnp.asarray(rng.random((2, 2, 64, 64, 3)), jnp.float32)
     loaded = load_lam(save_lam(model, tmp_path / "export"))
     assert isinstance(loaded.code_head, type(head))
+    vectors_loaded, vectors_saved = (np.asarray(m.encode_pair(frames)[2]) for m in (loaded, model))
+    np.testing.assert_array_equal(vectors_loaded, vectors_saved)
     np.testing.assert_array_equal(np.asarray(loaded.codes(frames)), np.asarray(model.codes(frames)))
     cfg.code_head = "mean"
     with pytest.raises(ValueError, match="code_head"):
