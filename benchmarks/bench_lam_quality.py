@@ -32,7 +32,6 @@ RUNS = {
     "nsvq": ("small,nsvq", {}),  # dead codes replaced by the batch's vectors (the default)
     "nsvq_codes": ("small,nsvq", {"replace_from": "codes"}),  # by used codes plus 1% noise
     "nsvq_lapa": ("small,nsvq", {"replace_from": "codes", "replace_noise": 1e-12}),
-    "nsvq_ema": ("small,nsvq", {"codebook_ema": 0.99}),  # codes follow their vectors' mean (k-means)
 }
 
 

@@ -40,16 +40,12 @@ def save_lam(model: LatentActionModel, out: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> ml_collections.ConfigDict:
-    """An export's model config, with options it predates set to off (quantizer options too:
-    their defaults are LAPA's settings)."""
+    """An export's model config, with options it predates set to off."""
     cfg = ml_collections.ConfigDict(json.loads((Path(path) / CONFIG_FILE).read_text()))
-    lapa = get_lam_config("lapa", cfg.quantizer)
+    lapa = get_lam_config("lapa")
     for key in LATER_OPTIONS:
         if key not in cfg:
             cfg[key] = lapa[key]
-    for key, value in lapa.quantizer_options.items():
-        if key not in cfg.quantizer_options:
-            cfg.quantizer_options[key] = value
     return cfg
 
 

@@ -53,7 +53,6 @@ def quantizer_options(kind: str) -> ml_collections.ConfigDict:
         q.replace_until = 0  # periodic: last step that may replace (0 = no limit)
         q.replace_from = "batch"  # batch (the batch's vectors) | codes (LAPA's: copies of used codes)
         q.replace_noise = 0.01  # relative to the codebook's RMS
-        q.codebook_ema = 0.0  # > 0: codes follow their vectors' mean with this EMA decay; 0: LAPA's gradient
     elif kind == "vq_ema":
         q.ema_decay = 0.99
         q.commitment_cost = 0.25

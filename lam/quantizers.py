@@ -20,9 +20,6 @@ Quantizers:
   smaller than the N(0, 1) codes) or by a used code plus noise of ``replace_noise`` times the
   codebook's RMS (``"codes"``; LAPA adds 1e-12 noise: the copy ties with its source and stays dead),
   on LAPA's schedule (steps 1, 101, ..., 901, then 1001, 1501, ..., 4501) or periodically.
-  LAPA learns the codebook by the gradient through ``||z - c||``; with ``codebook_ema`` > 0 each
-  used code instead moves to the mean of its batch's vectors by an EMA of that decay (online
-  k-means), so the hard codes at inference partition the vectors the decoder was trained on.
 - ``vq_ema``: VQ with an EMA codebook (decay, Laplace smoothing), commitment loss and
   dead-code restarts from the batch's vectors every ``restart_every`` steps.
 - ``fsq``: finite scalar quantization over ``levels`` (codebook size = prod(levels)),
@@ -80,16 +77,6 @@ def _batch_vectors(z: jax.Array, count: int, key: jax.Array) -> jax.Array:
     return flat[jax.random.randint(key, (count,), 0, flat.shape[0])]
 
 
-def _ema_towards_means(codebook: jax.Array, z: jax.Array, codes: jax.Array, decay: float) -> jax.Array:
-    """Each code assigned in this (global) batch moved towards the mean of its vectors by ``1 - decay``."""
-    flat = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1]).astype(jnp.float32)
-    onehot = jax.nn.one_hot(codes.reshape(-1), codebook.shape[0], dtype=jnp.float32)
-    count = onehot.sum(0)
-    mean = (onehot.T @ flat) / jnp.maximum(count, 1.0)[:, None]
-    moved = decay * codebook.astype(jnp.float32) + (1.0 - decay) * mean
-    return jnp.where((count > 0)[:, None], moved, codebook.astype(jnp.float32)).astype(codebook.dtype)
-
-
 class _Codebook(nnx.Module):
     """What the codebook quantizers share: hard codes by nearest neighbour, and lookup."""
 
@@ -112,9 +99,6 @@ class NSVQ(_Codebook):
         if self.replace_from not in ("codes", "batch"):
             raise ValueError(f"replace_from must be 'codes' or 'batch', got {self.replace_from!r}")
         self.schedule, self.replace_every, self.replace_until = q.schedule, q.replace_every, q.replace_until
-        self.codebook_ema = q.codebook_ema
-        if not 0.0 <= self.codebook_ema < 1.0:
-            raise ValueError(f"codebook_ema must be in [0, 1) (0: LAPA's gradient), got {self.codebook_ema}")
         self.codebook = nnx.Param(
             q.init_scale * jax.random.normal(rngs.params(), (self.size, self.dim), param_dtype),
             logical_axes=(None, None),
@@ -126,8 +110,6 @@ class NSVQ(_Codebook):
         codes, hard = self._hard(z)
         if not train:
             return hard, codes, jnp.zeros((), jnp.float32)
-        if self.codebook_ema:  # the codebook follows the vectors (maintain), not the gradient
-            hard = jax.lax.stop_gradient(hard)
         noise = jax.random.normal(rng, z.shape, z.dtype)
         residual = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(z - hard), axis=-1, keepdims=True), 1e-24))
         noise_norm = jnp.sqrt(jnp.sum(jnp.square(noise), axis=-1, keepdims=True))
@@ -150,8 +132,6 @@ class NSVQ(_Codebook):
         due = self._due(step)
         replace = dead & due
         codebook = self.codebook[...]
-        if self.codebook_ema:
-            codebook = _ema_towards_means(codebook, z, codes, self.codebook_ema)
         if self.replace_from == "batch":  # vectors of this (global) batch: codes where the data is
             fresh = _batch_vectors(z, self.size, rng)
         else:  # LAPA: copies of used codes (plus noise: an exact copy ties with its source forever)

@@ -85,42 +85,6 @@ def test_nsvq_can_replace_dead_codes_with_batch_vectors():
         assert np.min(np.abs(vectors - row).max(axis=1)) < 1e-7
 
 
-def test_nsvq_codebook_ema_moves_used_codes_towards_their_vectors_mean():
-    decay = 0.75
-    q = NSVQ(_cfg("nsvq", schedule="periodic", replace_every=0, codebook_ema=decay), nnx.Rngs(0))
-    book = np.asarray(q.codebook[...]).copy()
-    rng = np.random.default_rng(1)
-    z = rng.normal(size=(6, 4, q.dim)).astype(np.float32)
-    codes = rng.integers(0, 3, size=(6, 4)).astype(np.int32)  # codes 3..7 unused in this batch
-    q.maintain(jnp.asarray(z), jnp.asarray(codes), jnp.int32(1), jax.random.PRNGKey(0))
-    new = np.asarray(q.codebook[...])
-    for k in range(3):
-        mean = z[codes == k].mean(0)
-        np.testing.assert_allclose(new[k], decay * book[k] + (1 - decay) * mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(new[3:], book[3:])
-
-
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_nsvq_codebook_gets_a_gradient_only_without_ema(ema):
-    """LAPA learns the codebook through ||z - c|| in the noise; with the EMA it follows the data only."""
-    q = NSVQ(_cfg("nsvq", codebook_ema=ema), nnx.Rngs(0))
-    z = jax.random.normal(jax.random.PRNGKey(1), (6, 4, q.dim))
-
-    graphdef, params, rest = nnx.split(q, nnx.Param, ...)
-
-    def loss(params):
-        noisy, _, _ = nnx.merge(graphdef, params, rest).quantize(z, True, jax.random.PRNGKey(2))
-        return jnp.sum(jnp.square(noisy))
-
-    grad = np.asarray(jax.grad(loss)(params)["codebook"][...])
-    assert (np.abs(grad).max() > 1e-3) == (ema == 0.0)
-
-
-def test_nsvq_rejects_a_codebook_ema_outside_0_1():
-    with pytest.raises(ValueError, match="codebook_ema"):
-        NSVQ(_cfg("nsvq", codebook_ema=1.0), nnx.Rngs(0))
-
-
 def test_nsvq_replacement_is_one_decision_over_the_global_batch(eight_devices):
     """Sharded over 8 devices, the upkeep equals the single-device upkeep and stays replicated."""
     cfg = _cfg("nsvq", schedule="periodic", replace_every=1)
