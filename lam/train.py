@@ -269,6 +269,17 @@ def load_pairs(config: ml_collections.ConfigDict) -> tuple[list[Episode], np.nda
     return episodes, train, holdout
 
 
+def evaluation_pairs(
+    config: ml_collections.ConfigDict, train_pairs: np.ndarray, holdout_pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out pairs scored (``eval.max_pairs``) and the training pairs that fit the probes
+    (``eval.probe_train_pairs``), drawn with the run's seed."""
+    rng = np.random.default_rng(config.seed)
+    holdout = holdout_pairs[np.sort(rng.permutation(len(holdout_pairs))[: config.eval.max_pairs])]
+    probe = train_pairs[np.sort(rng.permutation(len(train_pairs))[: config.eval.probe_train_pairs])]
+    return holdout, probe
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
@@ -283,9 +294,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     logger = loop.logger_for(config, run_dir)
     example = global_batch(data.peek(), mesh)
     step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
-    rng = np.random.default_rng(config.seed)
-    holdout = holdout_pairs[np.sort(rng.permutation(len(holdout_pairs))[: config.eval.max_pairs])]
-    probe = train_pairs[np.sort(rng.permutation(len(train_pairs))[: config.eval.probe_train_pairs])]
+    holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
     evaluator = Evaluator(graphdef, episodes, holdout, probe, mesh, config, run_dir)
     settings = loop.LoopSettings(
         total_steps=config.total_steps,
