@@ -25,6 +25,8 @@ from lam.model import (
     patchify,
     unpatchify,
 )
+from lam.refit import distortion, kmeans
+from lam.refit import main as refit_main
 from lam.train import build_optimizer, load_pairs, make_step, train
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training.state import compile_step, create_train_state, global_batch
@@ -279,6 +281,49 @@ def test_training_reports_quality_and_exports(trained):
         assert (Path(run) / name).exists(), name
     model = load_lam(run)  # the run directory resolves to its export
     assert model.cfg.dim == config.model.dim
+
+
+def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_path, capsys):
+    config, _ = trained
+    run, out = Path(config.run_dir), tmp_path / "export_refit"
+    refit_main(["--run", str(run), "--pairs", "128", "--out", str(out)])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["codebook"] for r in rows] == ["codebook", "refit"]
+    assert rows[1]["fit_distortion"] < rows[0]["fit_distortion"]
+    # the trained codebook's row is the run's last evaluation (same held-out pairs, same probes)
+    final = json.loads((run / "quality.json").read_text())
+    assert rows[0]["psnr_gain"] == pytest.approx(final["psnr_gain"], abs=1e-3)
+    assert rows[0]["probe_linear_r2"] == pytest.approx(final["probe"]["linear_r2"], abs=1e-3)
+    assert rows[0]["joint_distinct"] == final["codebook"]["joint_distinct"]
+    assert (run / "refit" / "refit" / "quality.json").exists()
+    before = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(load_lam(run))))[0]
+    after = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(load_lam(out))))[0]
+    pairs = zip(before, after, strict=True)
+    changed = [jax.tree_util.keystr(k) for (k, a), (_, b) in pairs if not np.array_equal(a, b)]
+    assert changed == ["['quantizer']['codebook']"]
+
+
+def test_refit_needs_a_run_with_a_codebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        refit_main(["--run", str(tmp_path)])
+    config = _config(tmp_path, "fsq")
+    config.model = get_config("tiny,fsq").model
+    (tmp_path / "fsq").mkdir()
+    (tmp_path / "fsq" / "config.json").write_text(config.to_json())
+    save_lam(LatentActionModel(config.model, nnx.Rngs(0)), tmp_path / "fsq" / "export")
+    with pytest.raises(ValueError, match=r"\(fsq\) has no codebook to refit"):
+        refit_main(["--run", str(tmp_path / "fsq")])
+
+
+def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid():
+    rng = np.random.default_rng(0)
+    centres = np.array([[5.0, 0.0], [-5.0, 0.0]], np.float32)
+    vectors = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres]).astype(np.float32)
+    start = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 100.0]], np.float32)  # the third gets no vectors
+    fitted = kmeans(vectors, start, iterations=10)
+    np.testing.assert_allclose(fitted[:2], [vectors[:50].mean(0), vectors[50:].mean(0)], rtol=1e-5)
+    np.testing.assert_array_equal(fitted[2], start[2])
+    assert distortion(vectors, fitted) < 0.05 < distortion(vectors, start)
 
 
 def test_resume_after_kill_reproduces_the_run(tmp_path, monkeypatch):

@@ -7,13 +7,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from flax import nnx
-
-from lam.checkpoint import save_lam
-from lam.model import LatentActionModel, get_lam_config
 
 
 def _run(args: list[str], tmp_path) -> str:
@@ -104,47 +99,6 @@ def test_lam_encoder_ceiling_reports_each_evaluation_and_learns_the_motion(tmp_p
     assert rows[-1]["train_mse"] < 0.95 and rows[-1]["r2_dy"] > 0.1
 
 
-def _tiny_export(tmp_path, quantizer: str) -> str:
-    """A randomly initialised ``tiny`` LAM, exported."""
-    model = LatentActionModel(get_lam_config("tiny", quantizer), nnx.Rngs(0))
-    return str(save_lam(model, tmp_path / "export"))
-
-
-def test_codebook_refit_lowers_the_distortion_and_scores_both_codebooks(tmp_path):
-    script = str(REPO_ROOT / "benchmarks" / "bench_lam_codebook_refit.py")
-    args = ["--lam", _tiny_export(tmp_path, "nsvq"), "--out", str(tmp_path / "out")]
-    args += ["--episodes=6", "--fit_pairs=128"]
-    rows = _json_lines(_run([script, *args], tmp_path))
-    assert [r["codebook"] for r in rows] == ["codebook", "refit"]
-    assert rows[1]["fit_distortion"] < rows[0]["fit_distortion"]  # the random init is far from the vectors
-    for row in rows:
-        assert set(row["probe_linear_r2"]) == {"dx", "dy"}
-        assert (tmp_path / "out" / row["codebook"] / "quality.json").exists()
-
-
-def test_codebook_refit_rejects_a_codebook_free_quantizer(tmp_path):
-    script = str(REPO_ROOT / "benchmarks" / "bench_lam_codebook_refit.py")
-    out = subprocess.run(
-        [sys.executable, script, "--lam", _tiny_export(tmp_path, "fsq"), "--out", str(tmp_path / "out")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode != 0 and "(fsq) has no codebook to refit" in out.stderr
-
-
-def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
-    from bench_lam_codebook_refit import distortion, kmeans
-
-    rng = np.random.default_rng(0)
-    centres = np.array([[5.0, 0.0], [-5.0, 0.0]], np.float32)
-    vectors = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres]).astype(np.float32)
-    start = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 100.0]], np.float32)  # the third gets no vectors
-    fitted = kmeans(vectors, start, iterations=10)
-    np.testing.assert_allclose(fitted[:2], [vectors[:50].mean(0), vectors[50:].mean(0)], rtol=1e-5)
-    np.testing.assert_array_equal(fitted[2], start[2])
-    assert distortion(vectors, fitted) < 0.05 < distortion(vectors, start)
-
-
 @pytest.mark.parametrize(
     "item, message", [("motion_kernal=7", "key of the model config"), ("dim=x", "Expecting value")]
 )
@@ -159,6 +113,8 @@ def test_lam_benchmarks_reject_a_bad_model_override(tmp_path, item, message):
 def test_model_overrides_parse_json_and_take_bare_text_only_for_text_fields(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
     from report import override_model
+
+    from lam.model import get_lam_config
 
     cfg = get_lam_config("tiny")
     override_model(cfg, ["code_head=max", "motion_kernel=7", "difference_embedding=true"])

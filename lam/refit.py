@@ -1,17 +1,19 @@
-"""Does a trained LAM's codebook lose what its action vectors know? Its codes vs a k-means refit.
+"""Refits a trained LAM's codebook by k-means on its own action vectors.
 
-    python benchmarks/bench_lam_codebook_refit.py --lam RUN_DIR_OR_EXPORT --out DIR
-        [--episodes 150] [--noise 1.0] [--fit_pairs 4096] [--iterations 50]
+    python -m lam.refit --run runs/lam [--pairs 4096] [--iterations 50] [--out runs/lam/export_refit]
 
-Scores a trained LAM on the held-out tabletop pairs exactly as training does (``lam.train.Evaluator``:
-gain over copying, action sensitivity, codebook usage, probes of the true (dx, dy)), then again with
-its codebook replaced by k-means centroids of its own action vectors on training pairs (Lloyd's
-algorithm started from the codebook; a code left without vectors keeps its place). The encoder and
-decoder are unchanged. Pass the ``--episodes`` and ``--noise`` the model was trained with
-(``bench_lam_quality.py``'s defaults are these defaults) and the held-out pairs are the run's.
-Also reports each codebook's distortion (mean squared distance of the fit vectors to their code).
-Writes each evaluation's quality files and grids under ``DIR/codebook`` and ``DIR/refit``; prints a
-table and one JSON line per codebook.
+NSVQ (LAPA's quantizer) learns its codebook through the norm of its noise, and the codes can end
+up far from where the action vectors are: on the tabletop world, a trained ``small`` LAM's codes
+sit mostly along dy while its continuous action vectors carry dx as well (BENCHMARKS.md, "Where
+the time goes", finding 5). This command keeps the encoder and the decoder and moves every code
+to the mean of the training pairs' action vectors nearest to it (Lloyd's algorithm started from
+the trained codebook; a code that gets no vectors stays where it is). It scores the model before
+and after on the run's held-out pairs exactly as training does (``lam.train.Evaluator``; files
+under ``<run>/refit/codebook`` and ``<run>/refit/refit``), prints one JSON line per codebook
+(with its distortion: the mean squared distance of the fit vectors to their code), and
+writes the refit model as an export (atomically; default ``<run>/export_refit``), ready for
+``lam.label``. Data, seed and evaluation settings come from the run's ``config.json``.
+For codebook quantizers (``nsvq``, ``vq_ema``); FSQ has no codebook.
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
-from report import print_report
 from tqdm import tqdm
 
-from lam.checkpoint import load_lam
-from lam.configs.lam import get_config
+from lam.checkpoint import load_lam, save_lam
 from lam.data import PairBatches
 from lam.model import LatentActionModel
 from lam.quantizers import nearest
@@ -75,8 +76,8 @@ def score(model: LatentActionModel, evaluator: Evaluator, run_dir: Path) -> dict
     quality = json.loads((run_dir / "quality.json").read_text())
     probe = quality.get("probe", {})
     return {
-        "psnr_gain": round(quality["psnr_gain"], 2),
-        "action_sensitivity": round(quality["action_sensitivity"], 2),
+        "psnr_gain": round(quality["psnr_gain"], 3),
+        "action_sensitivity": round(quality["action_sensitivity"], 3),
         "min_position_usage": quality["codebook"]["min_position_usage"],
         "joint_distinct": quality["codebook"]["joint_distinct"],
         "probe_linear_r2": {k: round(v, 3) for k, v in probe.get("linear_r2", {}).items()},
@@ -84,41 +85,47 @@ def score(model: LatentActionModel, evaluator: Evaluator, run_dir: Path) -> dict
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lam", required=True, help="a LAM export or training run directory")
-    p.add_argument("--out", required=True, help="directory for the two evaluations' files")
-    p.add_argument("--episodes", type=int, default=150)
-    p.add_argument("--noise", type=float, default=1.0, help="expert action noise")
-    p.add_argument("--fit_pairs", type=int, default=4096, help="training pairs whose vectors fit k-means")
-    p.add_argument("--iterations", type=int, default=50)
-    args = p.parse_args()
-
-    model = load_lam(args.lam)
+def refit(run: Path, pairs: int, iterations: int, out: Path) -> list[dict]:
+    """Refits the run's export, scores both codebooks and writes the refit export to ``out``."""
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run}: no config.json (expected a lam.train run directory)")
+    config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    model = load_lam(run)
     if not hasattr(model.quantizer, "codebook"):
-        raise SystemExit(f"{args.lam}: its quantizer ({model.cfg.quantizer}) has no codebook to refit")
-    config = get_config("small")
+        raise ValueError(f"{run}: its quantizer ({model.cfg.quantizer}) has no codebook to refit")
     config.model = model.cfg
-    config.data.episodes, config.data.noise = args.episodes, args.noise
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
-    mesh = make_mesh(config.mesh)
-    graphdef = nnx.split(model)[0]
     rng = np.random.default_rng(config.seed)
-    fit = train_pairs[np.sort(rng.permutation(len(train_pairs))[: args.fit_pairs])]
+    fit = train_pairs[np.sort(rng.permutation(len(train_pairs))[:pairs])]
     vectors = action_vectors(model, PairBatches(episodes), fit)
+    mesh, graphdef = make_mesh(config.mesh), nnx.split(model)[0]
     book = model.quantizer.codebook
     rows = []
     for name in ("codebook", "refit"):
         if name == "refit":
-            book.set_value(jnp.asarray(kmeans(vectors, np.asarray(book[...]), args.iterations), book.dtype))
-        run_dir = Path(args.out) / name
+            book.set_value(jnp.asarray(kmeans(vectors, np.asarray(book[...]), iterations), book.dtype))
+        run_dir = run / "refit" / name
         run_dir.mkdir(parents=True, exist_ok=True)
         evaluator = Evaluator(graphdef, episodes, holdout, probe, mesh, config, run_dir)
         row = {"codebook": name, "fit_distortion": round(distortion(vectors, np.asarray(book[...])), 4)}
         rows.append({**row, **score(model, evaluator, run_dir)})
-    print_report(rows, ("codebook", "fit_distortion", "psnr_gain", "action_sensitivity", "min_position_usage",
-                        "joint_distinct", "probe_linear_r2", "probe_mlp_r2"))  # fmt: skip
+    save_lam(model, out)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a lam.train run directory (config.json and export/)")
+    p.add_argument("--pairs", type=int, default=4096, help="training pairs whose action vectors fit k-means")
+    p.add_argument("--iterations", type=int, default=50, help="Lloyd iterations")
+    p.add_argument("--out", default="", help="the refit export (default: <run>/export_refit)")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / "export_refit"
+    for row in refit(run, args.pairs, args.iterations, out):
+        print(json.dumps(row))
+    print(f"exported {out}", flush=True)
 
 
 if __name__ == "__main__":
