@@ -1,7 +1,7 @@
 """Latent action model quality on the tabletop world: our quantizer vs LAPA's NSVQ.
 
     python benchmarks/bench_lam_quality.py [--steps 1500] [--episodes 150] [--runs vq_ema,nsvq_lapa]
-        [--model code_head=lapa --model motion_kernel=0]   # LAPA's heads instead of the small preset's
+        [--refit] [--model code_head=lapa --model motion_kernel=0]   # the last two: LAPA's heads
 
 Trains the ``small`` preset on simulated tabletop episodes once per configuration (same
 data, seed and schedule; only the quantizer differs). The expert's actions get heavy noise
@@ -11,7 +11,8 @@ hard codes: PSNR gain over copying x_t, action sensitivity, codebook usage per p
 (minimum over positions) and joint, and probes of the true (dx, dy) from the codes
 (linear / MLP R^2, mutual information against a shuffled baseline). ``nsvq_lapa`` is LAPA's
 quantizer as LAPA runs it: NSVQ, its replacement schedule (steps 1..4501) and replacement
-by exact copies (noise 1e-12). Prints a table and one JSON line per run.
+by exact copies (noise 1e-12). ``--refit`` adds a row per run scored after ``lam.refit`` (the
+codebook refit by k-means on the model's action vectors). Prints a table and one JSON line per row.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from pathlib import Path
 from report import add_model_argument, override_model, print_report
 
 from lam.configs.lam import get_config
+from lam.refit import refit
 from lam.train import train
 
+REFIT_ITERATIONS = 50
 RUNS = {
     "vq_ema": ("small,vq_ema", {}),
     "fsq": ("small,fsq", {}),
@@ -35,7 +38,7 @@ RUNS = {
 }
 
 
-def run(name: str, args: argparse.Namespace) -> dict:
+def run(name: str, args: argparse.Namespace) -> list[dict]:
     preset, quantizer_options = RUNS[name]
     config = get_config(preset)
     override_model(config.model, args.model)
@@ -47,12 +50,19 @@ def run(name: str, args: argparse.Namespace) -> dict:
         config.model.quantizer_options[key] = value
     began = time.perf_counter()
     last = train(config)
-    quality = json.loads((run_dir / "quality.json").read_text())
+    timing = {"steps": args.steps, "minutes": round((time.perf_counter() - began) / 60, 1),
+              "pairs_per_s": round(last["pairs_per_s"], 1)}  # fmt: skip
+    rows = [{"run": name, **timing, **summary(json.loads((run_dir / "quality.json").read_text()))}]
+    if args.refit:
+        refit(run_dir, args.refit_pairs, REFIT_ITERATIONS, run_dir / "export_refit")
+        quality = json.loads((run_dir / "refit" / "refit" / "quality.json").read_text())
+        rows.append({"run": f"{name}+refit", **timing, **summary(quality)})
+    return rows
+
+
+def summary(quality: dict) -> dict:
+    """The headline numbers of a ``quality.json``."""
     return {
-        "run": name,
-        "steps": args.steps,
-        "minutes": round((time.perf_counter() - began) / 60, 1),
-        "pairs_per_s": round(last["pairs_per_s"], 1),
         "psnr_recon": round(quality["psnr_recon"], 2),
         "psnr_copy": round(quality["psnr_copy"], 2),
         "psnr_gain": round(quality["psnr_gain"], 2),
@@ -78,10 +88,12 @@ def main() -> None:
     p.add_argument(
         "--eval_every", type=int, default=0, help="also evaluate every N steps (quality_<step>.json)"
     )
+    p.add_argument("--refit", action="store_true", help="also score each run after lam.refit (own row)")
+    p.add_argument("--refit_pairs", type=int, default=4096, help="training pairs that fit the refit")
     add_model_argument(p)
     p.add_argument("--out", default="runs/bench_lam_quality")
     args = p.parse_args()
-    results = [run(name, args) for name in args.runs.split(",")]
+    results = [row for name in args.runs.split(",") for row in run(name, args)]
     cols = ("run", "psnr_gain", "action_sensitivity", "min_position_usage", "joint_distinct",
             "probe_linear_r2", "probe_mlp_r2", "pairs_per_s")  # fmt: skip
     print_report(results, cols)

@@ -81,6 +81,16 @@ def test_bench_attention_reports_xla(tmp_path):
     assert rows[0]["finite"] and rows[0]["max_abs_logit_diff_vs_xla"] == 0.0
 
 
+def test_lam_quality_reports_a_run_and_its_codebook_refit(tmp_path):
+    script = str(REPO_ROOT / "benchmarks" / "bench_lam_quality.py")
+    args = ["--steps=4", "--episodes=6", "--runs=nsvq", "--refit", "--refit_pairs=64", "--out=runs"]
+    rows = _json_lines(_run([script, *args], tmp_path))
+    assert [r["run"] for r in rows] == ["nsvq", "nsvq+refit"]
+    assert rows[0]["psnr_copy"] == rows[1]["psnr_copy"]  # the same held-out pairs
+    assert set(rows[1]["probe_linear_r2"]) == {"dx", "dy"}
+    assert (tmp_path / "runs" / "nsvq" / "export_refit").is_dir()
+
+
 def test_lam_decoder_ceiling_reports_each_evaluation_and_beats_copying(tmp_path):
     script = str(REPO_ROOT / "benchmarks" / "bench_lam_decoder_ceiling.py")
     args = ["--steps=20", "--eval_every=10", "--episodes=6", "--eval_pairs=64"]
