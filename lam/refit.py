@@ -12,7 +12,8 @@ and after on the run's held-out pairs exactly as training does (``lam.train.Eval
 under ``<run>/refit/codebook`` and ``<run>/refit/refit``), prints one JSON line per codebook
 (with its distortion: the mean squared distance of the fit vectors to their code), and
 writes the refit model as an export (atomically; default ``<run>/export_refit``), ready for
-``lam.label``. Data, seed and evaluation settings come from the run's ``config.json``.
+``lam.label``. Data, seed and evaluation settings come from the run's ``config.json``. It runs
+as one process (the vectors are encoded on its devices, k-means on its host).
 For codebook quantizers (``nsvq``, ``vq_ema``); FSQ has no codebook.
 """
 
