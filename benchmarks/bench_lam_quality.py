@@ -25,10 +25,9 @@ from pathlib import Path
 from report import add_model_argument, override_model, print_report
 
 from lam.configs.lam import get_config
-from lam.refit import refit
-from lam.train import train
+from lam.refit import FIT_PAIRS, refit
+from lam.train import quality_summary, train
 
-REFIT_ITERATIONS = 50
 RUNS = {
     "vq_ema": ("small,vq_ema", {}),
     "fsq": ("small,fsq", {}),
@@ -52,30 +51,12 @@ def run(name: str, args: argparse.Namespace) -> list[dict]:
     last = train(config)
     timing = {"steps": args.steps, "minutes": round((time.perf_counter() - began) / 60, 1),
               "pairs_per_s": round(last["pairs_per_s"], 1)}  # fmt: skip
-    rows = [{"run": name, **timing, **summary(json.loads((run_dir / "quality.json").read_text()))}]
+    rows = [{"run": name, **timing, **quality_summary(json.loads((run_dir / "quality.json").read_text()))}]
     if args.refit:
-        refit(run_dir, args.refit_pairs, REFIT_ITERATIONS, run_dir / "export_refit")
-        quality = json.loads((run_dir / "refit" / "refit" / "quality.json").read_text())
-        rows.append({"run": f"{name}+refit", **timing, **summary(quality)})
+        _, refitted = refit(run_dir, run_dir / "export_refit", args.refit_pairs)
+        del refitted["codebook"]
+        rows.append({"run": f"{name}+refit", **timing, **refitted})
     return rows
-
-
-def summary(quality: dict) -> dict:
-    """The headline numbers of a ``quality.json``."""
-    return {
-        "psnr_recon": round(quality["psnr_recon"], 2),
-        "psnr_copy": round(quality["psnr_copy"], 2),
-        "psnr_gain": round(quality["psnr_gain"], 2),
-        "action_sensitivity": round(quality["action_sensitivity"], 2),
-        "min_position_usage": quality["codebook"]["min_position_usage"],
-        "joint_distinct": quality["codebook"]["joint_distinct"],
-        "joint_perplexity": round(quality["codebook"]["joint_perplexity"], 1),
-        "restarts_total": quality["restarts_total"],
-        "probe_linear_r2": {k: round(v, 3) for k, v in quality["probe"]["linear_r2"].items()},
-        "probe_mlp_r2": {k: round(v, 3) for k, v in quality["probe"]["mlp_r2"].items()},
-        "mi_bits": {k: round(v, 2) for k, v in quality["probe"]["mi_bits"].items()},
-        "mi_shuffled_bits": {k: round(v, 2) for k, v in quality["probe"]["mi_shuffled_bits"].items()},
-    }
 
 
 def main() -> None:
@@ -89,7 +70,7 @@ def main() -> None:
         "--eval_every", type=int, default=0, help="also evaluate every N steps (quality_<step>.json)"
     )
     p.add_argument("--refit", action="store_true", help="also score each run after lam.refit (own row)")
-    p.add_argument("--refit_pairs", type=int, default=4096, help="training pairs that fit the refit")
+    p.add_argument("--refit_pairs", type=int, default=FIT_PAIRS, help="training pairs that fit the refit")
     add_model_argument(p)
     p.add_argument("--out", default="runs/bench_lam_quality")
     args = p.parse_args()

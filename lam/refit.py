@@ -34,10 +34,12 @@ from lam.checkpoint import load_lam, save_lam
 from lam.data import PairBatches
 from lam.model import LatentActionModel
 from lam.quantizers import nearest
-from lam.train import Evaluator, evaluation_pairs, load_pairs
+from lam.train import Evaluator, evaluation_pairs, load_pairs, quality_summary, sample_rows
 from latent_pretraining.sharding import make_mesh
 
 CHUNK = 128  # pairs encoded per call
+FIT_PAIRS = 4096  # training pairs whose action vectors fit k-means
+ITERATIONS = 50  # Lloyd iterations
 
 
 def action_vectors(model: LatentActionModel, batches: PairBatches, pairs: np.ndarray) -> np.ndarray:
@@ -70,24 +72,9 @@ def distortion(vectors: np.ndarray, centroids: np.ndarray) -> float:
     return float(np.mean(np.sum(np.square(gaps), axis=-1)))
 
 
-def score(model: LatentActionModel, evaluator: Evaluator, run_dir: Path) -> dict:
-    """The evaluator's held-out report of ``model`` (as written to ``run_dir/quality.json``), in brief."""
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    evaluator({"params": params, "rest": rest}, 0)
-    quality = json.loads((run_dir / "quality.json").read_text())
-    probe = quality.get("probe", {})
-    return {
-        "psnr_gain": round(quality["psnr_gain"], 3),
-        "action_sensitivity": round(quality["action_sensitivity"], 3),
-        "min_position_usage": quality["codebook"]["min_position_usage"],
-        "joint_distinct": quality["codebook"]["joint_distinct"],
-        "probe_linear_r2": {k: round(v, 3) for k, v in probe.get("linear_r2", {}).items()},
-        "probe_mlp_r2": {k: round(v, 3) for k, v in probe.get("mlp_r2", {}).items()},
-    }
-
-
-def refit(run: Path, pairs: int, iterations: int, out: Path) -> list[dict]:
-    """Refits the run's export, scores both codebooks and writes the refit export to ``out``."""
+def refit(run: Path, out: Path, pairs: int = FIT_PAIRS, iterations: int = ITERATIONS) -> list[dict]:
+    """Refits the run's export, scores both codebooks (a row each: ``codebook``, ``fit_distortion``
+    and :func:`lam.train.quality_summary`) and writes the refit export to ``out``."""
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run}: no config.json (expected a lam.train run directory)")
     config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
@@ -97,20 +84,21 @@ def refit(run: Path, pairs: int, iterations: int, out: Path) -> list[dict]:
     config.model = model.cfg
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
-    rng = np.random.default_rng(config.seed)
-    fit = train_pairs[np.sort(rng.permutation(len(train_pairs))[:pairs])]
+    fit = sample_rows(train_pairs, pairs, np.random.default_rng(config.seed))
     vectors = action_vectors(model, PairBatches(episodes), fit)
-    mesh, graphdef = make_mesh(config.mesh), nnx.split(model)[0]
-    book = model.quantizer.codebook
+    evaluator = Evaluator(nnx.graphdef(model), episodes, holdout, probe, make_mesh(config.mesh), config, run)
     rows = []
     for name in ("codebook", "refit"):
         if name == "refit":
+            book = model.quantizer.codebook
             book.set_value(jnp.asarray(kmeans(vectors, np.asarray(book[...]), iterations), book.dtype))
-        run_dir = run / "refit" / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        evaluator = Evaluator(graphdef, episodes, holdout, probe, mesh, config, run_dir)
-        row = {"codebook": name, "fit_distortion": round(distortion(vectors, np.asarray(book[...])), 4)}
-        rows.append({**row, **score(model, evaluator, run_dir)})
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        out_dir = run / "refit" / name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = evaluator.evaluate({"params": params, "rest": rest}, 0, out_dir)
+        codebook = np.asarray(model.quantizer.codebook[...])
+        row = {"codebook": name, "fit_distortion": round(distortion(vectors, codebook), 4)}
+        rows.append({**row, **quality_summary(report)})
     save_lam(model, out)
     return rows
 
@@ -118,13 +106,13 @@ def refit(run: Path, pairs: int, iterations: int, out: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a lam.train run directory (config.json and export/)")
-    p.add_argument("--pairs", type=int, default=4096, help="training pairs whose action vectors fit k-means")
-    p.add_argument("--iterations", type=int, default=50, help="Lloyd iterations")
+    p.add_argument("--pairs", type=int, default=FIT_PAIRS, help="training pairs whose vectors fit k-means")
+    p.add_argument("--iterations", type=int, default=ITERATIONS, help="Lloyd iterations")
     p.add_argument("--out", default="", help="the refit export (default: <run>/export_refit)")
     args = p.parse_args(argv)
     run = Path(args.run)
     out = Path(args.out) if args.out else run / "export_refit"
-    for row in refit(run, args.pairs, args.iterations, out):
+    for row in refit(run, out, args.pairs, args.iterations):
         print(json.dumps(row))
     print(f"exported {out}", flush=True)
 

@@ -152,6 +152,10 @@ class Evaluator:
             yield jax.device_put(part, batch_sharding(self.mesh, part.ndim, part.shape)), valid
 
     def __call__(self, state: TrainState, step: int) -> dict[str, float]:
+        return _scalars(self.evaluate(state, step))
+
+    def evaluate(self, state: TrainState, step: int, out_dir: Path | None = None) -> dict:
+        """The full report (also written with the grids to ``out_dir``, default the run directory)."""
         params, rest = state["params"], state["rest"]
         parts: list[tuple[np.ndarray, ...]] = []
         with jax.set_mesh(self.mesh):
@@ -174,8 +178,8 @@ class Evaluator:
         if self.holdout_actions is not None:
             report["probe"] = self._probe(np.concatenate(probe_codes), codes)
         if jax.process_index() == 0:
-            self._save(report, codes, own, target, step, params, rest)
-        return _scalars(report)
+            self._save(report, codes, own, target, step, params, rest, out_dir or self.run_dir)
+        return report
 
     def _probe(self, probe_codes: np.ndarray, holdout_codes: np.ndarray) -> dict:
         all_codes = np.concatenate([probe_codes, holdout_codes])
@@ -190,14 +194,22 @@ class Evaluator:
         )
 
     def _save(
-        self, report: dict, codes: np.ndarray, own: np.ndarray, target: np.ndarray, step: int, params, rest
+        self,
+        report: dict,
+        codes: np.ndarray,
+        own: np.ndarray,
+        target: np.ndarray,
+        step: int,
+        params,
+        rest,
+        out_dir: Path,
     ) -> None:
         text = json.dumps(report, indent=2)
-        (self.run_dir / f"quality_{step:07d}.json").write_text(text)
-        (self.run_dir / "quality.json").write_text(text)
+        (out_dir / f"quality_{step:07d}.json").write_text(text)
+        (out_dir / "quality.json").write_text(text)
         rows = min(8, len(own))
         save_reconstruction_grid(
-            self.holdout[:rows, 0], target[:rows], own[:rows], self.run_dir / f"recon_{step:07d}.png"
+            self.holdout[:rows, 0], target[:rows], own[:rows], out_dir / f"recon_{step:07d}.png"
         )
         tuples, counts = np.unique(codes, axis=0, return_counts=True)
         chosen = tuples[np.argsort(-counts)[:6]]  # the most frequent code tuples ...
@@ -212,11 +224,32 @@ class Evaluator:
                 )
                 for c in chosen
             ]
-        save_same_code_grid(firsts[:, 0], np.stack(recons), self.run_dir / f"same_code_{step:07d}.png")
+        save_same_code_grid(firsts[:, 0], np.stack(recons), out_dir / f"same_code_{step:07d}.png")
 
     def _tile(self, code: np.ndarray, frames: jax.Array) -> jax.Array:
         tiled = np.tile(code[None], (frames.shape[0], 1)).astype(np.int32)
         return jax.device_put(tiled, batch_sharding(self.mesh, 2, tiled.shape))
+
+
+def quality_summary(report: dict) -> dict:
+    """The headline numbers of an evaluation report (``quality.json``), rounded for printing."""
+    out = {k: round(report[k], 3) for k in ("psnr_recon", "psnr_copy", "psnr_gain", "action_sensitivity")}
+    book = report["codebook"]
+    out.update(
+        min_position_usage=book["min_position_usage"],
+        joint_distinct=book["joint_distinct"],
+        joint_perplexity=round(book["joint_perplexity"], 1),
+        restarts_total=report["restarts_total"],
+    )
+    if "probe" in report:
+        probe = report["probe"]
+        out.update(
+            probe_linear_r2={k: round(v, 3) for k, v in probe["linear_r2"].items()},
+            probe_mlp_r2={k: round(v, 3) for k, v in probe["mlp_r2"].items()},
+            mi_bits={k: round(v, 2) for k, v in probe["mi_bits"].items()},
+            mi_shuffled_bits={k: round(v, 2) for k, v in probe["mi_shuffled_bits"].items()},
+        )
+    return out
 
 
 def _scalars(report: dict) -> dict[str, float]:
@@ -269,15 +302,19 @@ def load_pairs(config: ml_collections.ConfigDict) -> tuple[list[Episode], np.nda
     return episodes, train, holdout
 
 
+def sample_rows(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` rows drawn without replacement (all when fewer), kept in their order."""
+    return rows[np.sort(rng.permutation(len(rows))[:count])]
+
+
 def evaluation_pairs(
     config: ml_collections.ConfigDict, train_pairs: np.ndarray, holdout_pairs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The held-out pairs scored (``eval.max_pairs``) and the training pairs that fit the probes
     (``eval.probe_train_pairs``), drawn with the run's seed."""
     rng = np.random.default_rng(config.seed)
-    holdout = holdout_pairs[np.sort(rng.permutation(len(holdout_pairs))[: config.eval.max_pairs])]
-    probe = train_pairs[np.sort(rng.permutation(len(train_pairs))[: config.eval.probe_train_pairs])]
-    return holdout, probe
+    holdout = sample_rows(holdout_pairs, config.eval.max_pairs, rng)
+    return holdout, sample_rows(train_pairs, config.eval.probe_train_pairs, rng)
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:

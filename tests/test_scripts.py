@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
+
+from lam.checkpoint import load_lam
 
 
 def _run(args: list[str], tmp_path) -> str:
@@ -88,7 +91,13 @@ def test_lam_quality_reports_a_run_and_its_codebook_refit(tmp_path):
     assert [r["run"] for r in rows] == ["nsvq", "nsvq+refit"]
     assert rows[0]["psnr_copy"] == rows[1]["psnr_copy"]  # the same held-out pairs
     assert set(rows[1]["probe_linear_r2"]) == {"dx", "dy"}
-    assert (tmp_path / "runs" / "nsvq" / "export_refit").is_dir()
+    run = tmp_path / "runs" / "nsvq"
+    refit_quality = json.loads((run / "refit" / "refit" / "quality.json").read_text())
+    assert rows[1]["psnr_gain"] == pytest.approx(refit_quality["psnr_gain"], abs=1e-3)  # the refit's row
+    configs = [json.loads((run / d / "lam_config.json").read_text()) for d in ("export", "export_refit")]
+    assert configs[0] == configs[1]
+    books = [load_lam(run / d).quantizer.codebook[...] for d in ("export", "export_refit")]
+    assert not np.allclose(books[0], books[1])  # the refit export has the refit codebook
 
 
 def test_lam_decoder_ceiling_reports_each_evaluation_and_beats_copying(tmp_path):
