@@ -1,13 +1,16 @@
 """Refits a trained LAM's codebook by k-means on its own action vectors.
 
-    python -m lam.refit --run runs/lam [--pairs 4096] [--iterations 50] [--out runs/lam/export_refit]
+    python -m lam.refit --run runs/lam [--pairs 16384] [--restarts 16] [--iterations 50]
+        [--out runs/lam/export_refit]
 
 NSVQ (LAPA's quantizer) learns its codebook through the norm of its noise, and the codes can end
 up far from where the action vectors are: on the tabletop world, a trained ``small`` LAM's codes
 sit mostly along dy while its continuous action vectors carry dx as well (BENCHMARKS.md, "Where
 the time goes", finding 5). This command keeps the encoder and the decoder and moves every code
-to the mean of the training pairs' action vectors nearest to it (Lloyd's algorithm started from
-the trained codebook; a code that gets no vectors stays where it is). It scores the model before
+to the mean of the training pairs' action vectors nearest to it: Lloyd's algorithm from the trained
+codebook and from ``--restarts`` k-means++ seedings, keeping the fit of least distortion (Lloyd's
+stops in a local optimum, and on the tabletop world the optima differ in what the codes say about
+the motion; a code that gets no vectors stays where it is). It scores the model before
 and after on the run's held-out pairs exactly as training does (``lam.train.Evaluator``; files
 under ``<run>/refit/codebook`` and ``<run>/refit/refit``), prints one JSON line per codebook
 (with its distortion: the mean squared distance of the fit vectors to their code), and
@@ -38,8 +41,9 @@ from lam.train import Evaluator, evaluation_pairs, load_pairs, quality_summary, 
 from latent_pretraining.sharding import make_mesh
 
 CHUNK = 128  # pairs encoded per call
-FIT_PAIRS = 4096  # training pairs whose action vectors fit k-means
-ITERATIONS = 50  # Lloyd iterations
+FIT_PAIRS = 16384  # training pairs whose action vectors fit k-means (at most)
+RESTARTS = 16  # k-means++ seedings tried besides the trained codebook
+ITERATIONS = 50  # Lloyd iterations per start
 
 
 def action_vectors(model: LatentActionModel, batches: PairBatches, pairs: np.ndarray) -> np.ndarray:
@@ -66,13 +70,38 @@ def kmeans(vectors: np.ndarray, centroids: np.ndarray, iterations: int) -> np.nd
     return centroids
 
 
+def kmeans_plus_plus(vectors: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next centroid is a vector drawn with probability proportional to
+    its squared distance from the nearest centroid chosen so far."""
+    centroids = [vectors[rng.integers(len(vectors))]]
+    gaps = np.sum(np.square(vectors - centroids[0]), axis=-1)
+    for _ in range(count - 1):
+        total = gaps.sum()
+        pick = vectors[rng.choice(len(vectors), p=gaps / total if total > 0 else None)]
+        centroids.append(pick)
+        gaps = np.minimum(gaps, np.sum(np.square(vectors - pick), axis=-1))
+    return np.stack(centroids).astype(np.float32)
+
+
+def best_kmeans(
+    vectors: np.ndarray, start: np.ndarray, restarts: int, iterations: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Lloyd's from ``start`` and from ``restarts`` k-means++ seedings; the fit of least distortion
+    (``start``'s on a tie)."""
+    starts = [start] + [kmeans_plus_plus(vectors, len(start), rng) for _ in range(restarts)]
+    fits = [kmeans(vectors, s, iterations) for s in tqdm(starts, desc="k-means starts", leave=False)]
+    return min(fits, key=lambda centroids: distortion(vectors, centroids))
+
+
 def distortion(vectors: np.ndarray, centroids: np.ndarray) -> float:
     """Mean squared distance of each vector to its nearest centroid (k-means' objective)."""
     gaps = vectors - centroids[np.asarray(nearest(vectors, centroids))]
     return float(np.mean(np.sum(np.square(gaps), axis=-1)))
 
 
-def refit(run: Path, out: Path, pairs: int = FIT_PAIRS, iterations: int = ITERATIONS) -> list[dict]:
+def refit(
+    run: Path, out: Path, pairs: int = FIT_PAIRS, restarts: int = RESTARTS, iterations: int = ITERATIONS
+) -> list[dict]:
     """Refits the run's export, scores both codebooks (a row each: ``codebook``, ``fit_distortion``
     and :func:`lam.train.quality_summary`) and writes the refit export to ``out``."""
     if not (run / "config.json").exists():
@@ -84,14 +113,16 @@ def refit(run: Path, out: Path, pairs: int = FIT_PAIRS, iterations: int = ITERAT
     config.model = model.cfg
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
-    fit = sample_rows(train_pairs, pairs, np.random.default_rng(config.seed))
+    rng = np.random.default_rng(config.seed)
+    fit = sample_rows(train_pairs, pairs, rng)
     vectors = action_vectors(model, PairBatches(episodes), fit)
     evaluator = Evaluator(nnx.graphdef(model), episodes, holdout, probe, make_mesh(config.mesh), config, run)
     rows = []
     for name in ("codebook", "refit"):
         if name == "refit":
             book = model.quantizer.codebook
-            book.set_value(jnp.asarray(kmeans(vectors, np.asarray(book[...]), iterations), book.dtype))
+            fitted = best_kmeans(vectors, np.asarray(book[...]), restarts, iterations, rng)
+            book.set_value(jnp.asarray(fitted, book.dtype))
         _, params, rest = nnx.split(model, nnx.Param, ...)
         out_dir = run / "refit" / name
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,12 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a lam.train run directory (config.json and export/)")
     p.add_argument("--pairs", type=int, default=FIT_PAIRS, help="training pairs whose vectors fit k-means")
-    p.add_argument("--iterations", type=int, default=ITERATIONS, help="Lloyd iterations")
+    p.add_argument(
+        "--restarts", type=int, default=RESTARTS, help="k-means++ seedings besides the trained codebook"
+    )
+    p.add_argument("--iterations", type=int, default=ITERATIONS, help="Lloyd iterations per start")
     p.add_argument("--out", default="", help="the refit export (default: <run>/export_refit)")
     args = p.parse_args(argv)
     run = Path(args.run)
     out = Path(args.out) if args.out else run / "export_refit"
-    for row in refit(run, out, args.pairs, args.iterations):
+    for row in refit(run, out, args.pairs, args.restarts, args.iterations):
         print(json.dumps(row))
     print(f"exported {out}", flush=True)
 

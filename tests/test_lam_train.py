@@ -25,7 +25,7 @@ from lam.model import (
     patchify,
     unpatchify,
 )
-from lam.refit import distortion, kmeans
+from lam.refit import best_kmeans, distortion, kmeans, kmeans_plus_plus
 from lam.refit import main as refit_main
 from lam.train import build_optimizer, load_pairs, make_step, train
 from latent_pretraining.sharding import make_mesh
@@ -324,6 +324,28 @@ def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid():
     np.testing.assert_allclose(fitted[:2], [vectors[:50].mean(0), vectors[50:].mean(0)], rtol=1e-5)
     np.testing.assert_array_equal(fitted[2], start[2])
     assert distortion(vectors, fitted) < 0.05 < distortion(vectors, start)
+
+
+def test_restarts_leave_the_local_optimum_lloyd_stops_in():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]], np.float32)
+    vectors = np.concatenate([c + 0.1 * rng.normal(size=(40, 2)) for c in centres]).astype(np.float32)
+    # two codes split the first cluster and one sits between the others: Lloyd's keeps it there
+    start = np.array([[-0.5, 0.0], [0.5, 0.0], [15.0, 0.0]], np.float32)
+    stuck = kmeans(vectors, start, iterations=20)
+    assert distortion(vectors, stuck) > 15  # the third code serves two clusters 10 apart (2/3 * 5^2)
+    np.testing.assert_array_equal(best_kmeans(vectors, start, 0, 20, np.random.default_rng(1)), stuck)
+    fitted = best_kmeans(vectors, start, 8, 20, np.random.default_rng(1))
+    assert distortion(vectors, fitted) < 0.05  # one code per cluster, each at its mean
+    np.testing.assert_allclose(
+        np.sort(fitted[:, 0]),
+        [vectors[i * 40 : i * 40 + 40, 0].mean() for i in range(3)],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    seeds = kmeans_plus_plus(vectors, 3, np.random.default_rng(2))
+    assert len({tuple(seed) for seed in seeds}) == 3  # three distinct vectors
+    assert all(any(np.all(seed == vectors, axis=1)) for seed in seeds)  # seeds are data vectors
 
 
 def test_resume_after_kill_reproduces_the_run(tmp_path, monkeypatch):
