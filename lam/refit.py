@@ -104,6 +104,10 @@ def refit(
 ) -> list[dict]:
     """Refits the run's export, scores both codebooks (a row each: ``codebook``, ``fit_distortion``
     and :func:`lam.train.quality_summary`) and writes the refit export to ``out``."""
+    if pairs < 1 or restarts < 0 or iterations < 1:
+        raise ValueError(
+            f"need pairs >= 1, restarts >= 0, iterations >= 1; got {pairs}, {restarts}, {iterations}"
+        )
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run}: no config.json (expected a lam.train run directory)")
     config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))

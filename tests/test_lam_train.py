@@ -304,6 +304,8 @@ def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_pat
 
 
 def test_refit_needs_a_run_with_a_codebook(tmp_path):
+    with pytest.raises(ValueError, match=r"restarts >= 0.*got 4096, -1, 50"):
+        refit_main(["--run", str(tmp_path), "--pairs", "4096", "--restarts", "-1"])
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         refit_main(["--run", str(tmp_path)])
     config = _config(tmp_path, "fsq")
