@@ -53,7 +53,7 @@ def run(name: str, args: argparse.Namespace) -> list[dict]:
               "pairs_per_s": round(last["pairs_per_s"], 1)}  # fmt: skip
     rows = [{"run": name, **timing, **quality_summary(json.loads((run_dir / "quality.json").read_text()))}]
     if args.refit:
-        _, refitted = refit(run_dir, run_dir / "export_refit", args.refit_pairs)
+        _, refitted = refit(run_dir, run_dir / "export_refit", pairs=args.refit_pairs)
         del refitted["codebook"]
         rows.append({"run": f"{name}+refit", **timing, **refitted})
     return rows
@@ -74,6 +74,8 @@ def main() -> None:
     add_model_argument(p)
     p.add_argument("--out", default="runs/bench_lam_quality")
     args = p.parse_args()
+    if args.refit_pairs < 1:
+        p.error(f"--refit_pairs must be at least 1, got {args.refit_pairs}")
     results = [row for name in args.runs.split(",") for row in run(name, args)]
     cols = ("run", "psnr_gain", "action_sensitivity", "min_position_usage", "joint_distinct",
             "probe_linear_r2", "probe_mlp_r2", "pairs_per_s")  # fmt: skip

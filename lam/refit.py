@@ -6,11 +6,13 @@
 NSVQ (LAPA's quantizer) learns its codebook through the norm of its noise, and the codes can end
 up far from where the action vectors are: on the tabletop world, a trained ``small`` LAM's codes
 sit mostly along dy while its continuous action vectors carry dx as well (BENCHMARKS.md, "Where
-the time goes", finding 5). This command keeps the encoder and the decoder and moves every code
-to the mean of the training pairs' action vectors nearest to it: Lloyd's algorithm from the trained
-codebook and from ``--restarts`` k-means++ seedings, keeping the fit of least distortion (Lloyd's
-stops in a local optimum, and on the tabletop world the optima differ in what the codes say about
-the motion; a code that gets no vectors stays where it is). It scores the model before
+the time goes", finding 5). This command keeps the encoder and the decoder and refits the codebook
+by k-means on the training pairs' action vectors: Lloyd's algorithm (each code moves to the mean of
+the vectors nearest to it; a code that gets none stays where it is) from the trained codebook and
+from ``--restarts`` k-means++ seedings, keeping the fit of least distortion. Lloyd's stops in a
+local optimum, and on the tabletop world the optima differ in what the codes say about the
+motion. When a seeding wins, the codes' numbers are new: code 3 of the refit need not be code 3 of
+the trained model, so labels from the two exports do not line up. It scores the model before
 and after on the run's held-out pairs exactly as training does (``lam.train.Evaluator``; files
 under ``<run>/refit/codebook`` and ``<run>/refit/refit``), prints one JSON line per codebook
 (with its distortion: the mean squared distance of the fit vectors to their code), and
@@ -59,10 +61,15 @@ def action_vectors(model: LatentActionModel, batches: PairBatches, pairs: np.nda
 
 
 def kmeans(vectors: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
-    """Lloyd's algorithm from ``centroids``; a centroid that gets no vectors stays where it is."""
+    """Lloyd's algorithm from ``centroids`` for at most ``iterations`` steps (it stops early when no
+    vector changes its centroid); a centroid that gets no vectors stays where it is."""
     centroids = centroids.astype(np.float32).copy()
+    previous = None
     for _ in range(iterations):
         labels = np.asarray(nearest(vectors, centroids))
+        if previous is not None and np.array_equal(labels, previous):
+            break
+        previous = labels
         for k in range(len(centroids)):
             members = vectors[labels == k]
             if len(members):
@@ -71,8 +78,9 @@ def kmeans(vectors: np.ndarray, centroids: np.ndarray, iterations: int) -> np.nd
 
 
 def kmeans_plus_plus(vectors: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding: each next centroid is a vector drawn with probability proportional to
-    its squared distance from the nearest centroid chosen so far."""
+    """k-means++ seeding of ``count`` >= 1 centroids: the first is a uniformly drawn vector, each next
+    one a vector drawn with probability proportional to its squared distance from the nearest
+    centroid chosen so far (uniformly when every vector sits on a chosen centroid)."""
     centroids = [vectors[rng.integers(len(vectors))]]
     gaps = np.sum(np.square(vectors - centroids[0]), axis=-1)
     for _ in range(count - 1):

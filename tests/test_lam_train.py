@@ -304,8 +304,12 @@ def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_pat
 
 
 def test_refit_needs_a_run_with_a_codebook(tmp_path):
-    with pytest.raises(ValueError, match=r"restarts >= 0.*got 4096, -1, 50"):
-        refit_main(["--run", str(tmp_path), "--pairs", "4096", "--restarts", "-1"])
+    for flag, value in (("--pairs", "0"), ("--restarts", "-1"), ("--iterations", "0")):
+        args = {"--pairs": "4096", "--restarts": "16", "--iterations": "50", flag: value}
+        with pytest.raises(
+            ValueError, match=rf"got {args['--pairs']}, {args['--restarts']}, {args['--iterations']}"
+        ):
+            refit_main(["--run", str(tmp_path), *[x for item in args.items() for x in item]])
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         refit_main(["--run", str(tmp_path)])
     config = _config(tmp_path, "fsq")
@@ -328,26 +332,44 @@ def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid():
     assert distortion(vectors, fitted) < 0.05 < distortion(vectors, start)
 
 
-def test_restarts_leave_the_local_optimum_lloyd_stops_in():
+def _three_clusters() -> np.ndarray:
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]], np.float32)
-    vectors = np.concatenate([c + 0.1 * rng.normal(size=(40, 2)) for c in centres]).astype(np.float32)
-    # two codes split the first cluster and one sits between the others: Lloyd's keeps it there
-    start = np.array([[-0.5, 0.0], [0.5, 0.0], [15.0, 0.0]], np.float32)
-    stuck = kmeans(vectors, start, iterations=20)
+    return np.concatenate([c + 0.1 * rng.normal(size=(40, 2)) for c in centres]).astype(np.float32)
+
+
+# two codes split the first cluster and one sits between the others: Lloyd's keeps it there
+STUCK_START = np.array([[-0.5, 0.0], [0.5, 0.0], [15.0, 0.0]], np.float32)
+
+
+def test_restarts_leave_the_local_optimum_lloyd_stops_in():
+    vectors = _three_clusters()
+    stuck = kmeans(vectors, STUCK_START, iterations=20)
     assert distortion(vectors, stuck) > 15  # the third code serves two clusters 10 apart (2/3 * 5^2)
-    np.testing.assert_array_equal(best_kmeans(vectors, start, 0, 20, np.random.default_rng(1)), stuck)
-    fitted = best_kmeans(vectors, start, 8, 20, np.random.default_rng(1))
+    np.testing.assert_array_equal(best_kmeans(vectors, STUCK_START, 0, 20, np.random.default_rng(1)), stuck)
+    fitted = best_kmeans(vectors, STUCK_START, 8, 20, np.random.default_rng(1))
     assert distortion(vectors, fitted) < 0.05  # one code per cluster, each at its mean
-    np.testing.assert_allclose(
-        np.sort(fitted[:, 0]),
-        [vectors[i * 40 : i * 40 + 40, 0].mean() for i in range(3)],
-        rtol=1e-4,
-        atol=1e-4,
-    )
-    seeds = kmeans_plus_plus(vectors, 3, np.random.default_rng(2))
-    assert len({tuple(seed) for seed in seeds}) == 3  # three distinct vectors
-    assert all(any(np.all(seed == vectors, axis=1)) for seed in seeds)  # seeds are data vectors
+    means = [vectors[i * 40 : i * 40 + 40, 0].mean() for i in range(3)]
+    np.testing.assert_allclose(np.sort(fitted[:, 0]), means, rtol=1e-4, atol=1e-4)
+
+
+def test_best_kmeans_keeps_the_least_distortion_fit_and_the_start_on_a_tie(monkeypatch):
+    vectors = _three_clusters()
+    optimum = kmeans(vectors, vectors[[0, 40, 80]], iterations=20)
+    seeds = iter([vectors[[80, 40, 0]], STUCK_START])  # the optimum (codes in another order), then a bad seed
+    monkeypatch.setattr("lam.refit.kmeans_plus_plus", lambda *_: next(seeds))
+    fitted = best_kmeans(vectors, STUCK_START, 2, 20, np.random.default_rng(0))
+    np.testing.assert_allclose(fitted, optimum[::-1], rtol=1e-5)  # the seeding's fit, not the last one
+    seeds = iter([vectors[[80, 40, 0]]])
+    np.testing.assert_array_equal(best_kmeans(vectors, optimum, 1, 20, np.random.default_rng(0)), optimum)
+
+
+def test_kmeans_plus_plus_seeds_far_apart():
+    vectors = _three_clusters()
+    for seed in range(20):  # drawn by squared distance, three seeds land in three clusters
+        seeds = kmeans_plus_plus(vectors, 3, np.random.default_rng(seed))
+        assert all(any(np.all(seed == vectors, axis=1)) for seed in seeds)  # seeds are data vectors
+        assert sorted(np.round(seeds[:, 0] / 10).astype(int)) == [0, 1, 2], seed  # uniform: 2/9 each time
 
 
 def test_resume_after_kill_reproduces_the_run(tmp_path, monkeypatch):
