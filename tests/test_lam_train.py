@@ -321,10 +321,14 @@ def test_refit_needs_a_run_with_a_codebook(tmp_path):
         refit_main(["--run", str(tmp_path / "fsq")])
 
 
-def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid():
+def _clusters(xs: list[float], size: int) -> np.ndarray:
+    """``size`` vectors around each of the points (x, 0), with noise of sd 0.1, cluster after cluster."""
     rng = np.random.default_rng(0)
-    centres = np.array([[5.0, 0.0], [-5.0, 0.0]], np.float32)
-    vectors = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres]).astype(np.float32)
+    return np.concatenate([[x, 0.0] + 0.1 * rng.normal(size=(size, 2)) for x in xs]).astype(np.float32)
+
+
+def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid():
+    vectors = _clusters([5.0, -5.0], 50)
     start = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 100.0]], np.float32)  # the third gets no vectors
     fitted = kmeans(vectors, start, iterations=10)
     np.testing.assert_allclose(fitted[:2], [vectors[:50].mean(0), vectors[50:].mean(0)], rtol=1e-5)
@@ -332,18 +336,12 @@ def test_kmeans_finds_separated_clusters_and_keeps_an_empty_centroid():
     assert distortion(vectors, fitted) < 0.05 < distortion(vectors, start)
 
 
-def _three_clusters() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    centres = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]], np.float32)
-    return np.concatenate([c + 0.1 * rng.normal(size=(40, 2)) for c in centres]).astype(np.float32)
-
-
 # two codes split the first cluster and one sits between the others: Lloyd's keeps it there
 STUCK_START = np.array([[-0.5, 0.0], [0.5, 0.0], [15.0, 0.0]], np.float32)
 
 
 def test_restarts_leave_the_local_optimum_lloyd_stops_in():
-    vectors = _three_clusters()
+    vectors = _clusters([0.0, 10.0, 20.0], 40)
     stuck = kmeans(vectors, STUCK_START, iterations=20)
     assert distortion(vectors, stuck) > 15  # the third code serves two clusters 10 apart (2/3 * 5^2)
     np.testing.assert_array_equal(best_kmeans(vectors, STUCK_START, 0, 20, np.random.default_rng(1)), stuck)
@@ -354,7 +352,7 @@ def test_restarts_leave_the_local_optimum_lloyd_stops_in():
 
 
 def test_best_kmeans_keeps_the_least_distortion_fit_and_the_start_on_a_tie(monkeypatch):
-    vectors = _three_clusters()
+    vectors = _clusters([0.0, 10.0, 20.0], 40)
     optimum = kmeans(vectors, vectors[[0, 40, 80]], iterations=20)
     seeds = iter([vectors[[80, 40, 0]], STUCK_START])  # the optimum (codes in another order), then a bad seed
     monkeypatch.setattr("lam.refit.kmeans_plus_plus", lambda *_: next(seeds))
@@ -365,7 +363,7 @@ def test_best_kmeans_keeps_the_least_distortion_fit_and_the_start_on_a_tie(monke
 
 
 def test_kmeans_plus_plus_seeds_far_apart():
-    vectors = _three_clusters()
+    vectors = _clusters([0.0, 10.0, 20.0], 40)
     for seed in range(20):  # drawn by squared distance, three seeds land in three clusters
         seeds = kmeans_plus_plus(vectors, 3, np.random.default_rng(seed))
         assert all(any(np.all(seed == vectors, axis=1)) for seed in seeds)  # seeds are data vectors
