@@ -17,8 +17,9 @@ is paired with itself and gets the codes of "no change" as the model sees it) or
 under ``--frames_dir`` (default ``<out>.frames/``), since the rows point at images.
 
 Codes are computed in batches sharded over this host's devices; rows go to
-``<out>.partial`` as they are done and a rerun resumes there; the file is renamed to
-``<out>`` only when complete. ``--shard i/n`` labels every n-th row from the i-th (one
+``<out>.partial`` as they are done and a rerun resumes there when the inputs, model and
+options are the same (it is refused otherwise; ``--restart`` discards the partial); the
+file is renamed to ``<out>`` only when complete. ``--shard i/n`` labels every n-th row from the i-th (one
 shard per host or job).
 """
 
@@ -39,8 +40,10 @@ from lam.checkpoint import load_lam
 from lam.data import Episode, PairBatches, frame_pairs, open_episodes
 from lam.model import LatentActionModel
 from latent_pretraining.batched import LocalBatchApply
+from latent_pretraining.core.cli import exit_on, parse_shard
+from latent_pretraining.core.files import check_output_paths
+from latent_pretraining.core.partial import PartialJsonl, fingerprint
 from latent_pretraining.prompts import lapa_instruction
-from latent_pretraining.vqgan.encode import rows_done
 
 FIELDS = "[instruction],[vision],delta"
 
@@ -77,51 +80,67 @@ def label(
     frames_dir: Path | None = None,
     vqgan_encode=None,
     shard: tuple[int, int] = (0, 1),
+    provenance: dict | None = None,
+    restart: bool = False,
 ) -> dict:
-    """Writes ``out`` (atomically, resumably); returns counts and code usage."""
+    """Writes ``out`` (atomically, resumably); returns counts and code usage.
+
+    ``provenance`` describes the model and options beyond the ones given here (the CLI
+    passes the checkpoint's fingerprint); a leftover partial from any other provenance is
+    refused, or discarded with ``restart``."""
     pairs = frame_pairs(episodes, offset, offset_seconds, tail)[shard[0] :: shard[1]]
-    partial = out.with_name(out.name + ".partial")
-    done = rows_done(partial)
     frames_dir = frames_dir or out.with_name(out.name + ".frames")
+    record = {
+        "tool": "lam.label",
+        "episodes": [[e.episode_id, e.num_frames] for e in episodes],
+        "model": model.cfg.to_dict(),
+        "offset": offset,
+        "offset_seconds": offset_seconds,
+        "tail": tail,
+        "shard": list(shard),
+        "frames_dir": str(frames_dir.resolve()),
+        "vision": vqgan_encode is not None,
+        **(provenance or {}),
+    }
     labeler = CodeLabeler(model, batch_size)
     batches = PairBatches(episodes)
     size = model.cfg.image_size
-    starts = list(range(done, len(pairs), labeler.batch_size))
     counts = np.zeros((model.cfg.code_seq_len, model.cfg.codebook_size), np.int64)
     began = time.perf_counter()
-    with (
-        ThreadPoolExecutor(max_workers=1) as pool,
-        open(partial, "a") as f,
-        tqdm(total=len(pairs), initial=done, desc="label", unit="pair") as bar,
-    ):
-        load = lambda s: batches.make_batch(pairs[s : s + labeler.batch_size], size)["frames"]  # noqa: E731
-        upcoming = pool.submit(load, starts[0]) if starts else None
-        for k, start in enumerate(starts):
-            frames = upcoming.result()
-            if k + 1 < len(starts):
-                upcoming = pool.submit(load, starts[k + 1])
-            codes = labeler(frames)
-            rows = []
-            for (i, t, _), row_codes in zip(pairs[start : start + len(frames)], codes, strict=True):
-                episode = episodes[int(i)]
-                rows.append(
-                    {
-                        "image": frame_path(episode, int(t), frames_dir),
-                        "instruction": lapa_instruction(episode.instruction),
-                        "delta": [str(int(c)) for c in row_codes],
-                        "fields": FIELDS,
-                    }
-                )
-                counts[np.arange(len(row_codes)), row_codes] += 1
-            if vqgan_encode is not None:
-                for row, vision in zip(rows, vqgan_encode(rows, [r["image"] for r in rows]), strict=True):
-                    if isinstance(vision, Exception):
-                        raise vision
-                    row["vision"] = vision
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-            f.flush()
-            bar.update(len(rows))
-    os.replace(partial, out)
+    with PartialJsonl(out, record, restart) as partial:
+        done = partial.position
+        starts = list(range(done, len(pairs), labeler.batch_size))
+        with (
+            ThreadPoolExecutor(max_workers=1) as pool,
+            tqdm(total=len(pairs), initial=done, desc="label", unit="pair") as bar,
+        ):
+            load = lambda s: batches.make_batch(pairs[s : s + labeler.batch_size], size)["frames"]  # noqa: E731
+            upcoming = pool.submit(load, starts[0]) if starts else None
+            for k, start in enumerate(starts):
+                frames = upcoming.result()
+                if k + 1 < len(starts):
+                    upcoming = pool.submit(load, starts[k + 1])
+                codes = labeler(frames)
+                rows = []
+                for (i, t, _), row_codes in zip(pairs[start : start + len(frames)], codes, strict=True):
+                    episode = episodes[int(i)]
+                    rows.append(
+                        {
+                            "image": frame_path(episode, int(t), frames_dir),
+                            "instruction": lapa_instruction(episode.instruction),
+                            "delta": [str(int(c)) for c in row_codes],
+                            "fields": FIELDS,
+                        }
+                    )
+                    counts[np.arange(len(row_codes)), row_codes] += 1
+                if vqgan_encode is not None:
+                    for row, vision in zip(rows, vqgan_encode(rows, [r["image"] for r in rows]), strict=True):
+                        if isinstance(vision, Exception):
+                            raise vision
+                        row["vision"] = vision
+                partial.append((json.dumps(row) + "\n" for row in rows), start + len(rows))
+                bar.update(len(rows))
+        partial.finish()
     took = time.perf_counter() - began
     labelled = len(pairs) - done
     return {
@@ -132,14 +151,6 @@ def label(
         "pairs_per_s": round(labelled / took, 1) if took else 0.0,
         "codes_used_per_position": [int((c > 0).sum()) for c in counts],
     }
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    index, _, count = text.partition("/")
-    i, n = int(index), int(count or 1)
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n with 0 <= i < n")
-    return i, n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +172,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--shard", type=parse_shard, default=(0, 1), help="i/n: label every n-th row from the i-th"
     )
+    p.add_argument(
+        "--restart", action="store_true", help="discard a leftover partial output instead of resuming it"
+    )
     args = p.parse_args(argv)
+    with exit_on():
+        summary = _run(args)
+    print(json.dumps(summary), flush=True)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    check_output_paths(
+        {"--path": Path(args.path), "--lam": Path(args.lam), "--vqgan_checkpoint": args.vqgan_checkpoint},
+        {"--out": out},
+    )
     model = load_lam(args.lam, image_size=args.image_size, code_seq_len=args.code_seq_len)
     options = {"image_key": args.image_key} if args.source == "rlds" else {}
     episodes = open_episodes(args.source, args.path, **options)
@@ -170,7 +195,17 @@ def main(argv: list[str] | None = None) -> None:
         from latent_pretraining.vla_data import vqgan_encoder
 
         vqgan_encode = vqgan_encoder(args.vqgan_checkpoint, args.vqgan_config, augment=False, seed=0)
-    summary = label(
+    provenance = {
+        "lam": fingerprint(export if (export := Path(args.lam) / "export").is_dir() else args.lam),
+        # a folder source is identified by its path and the episodes' ids and lengths (above)
+        "source": [
+            args.source,
+            fingerprint(args.path) if os.path.isfile(args.path) else args.path,
+            args.image_key,
+        ],
+        "vqgan": [fingerprint(args.vqgan_checkpoint), args.vqgan_config],
+    }
+    return label(
         model,
         episodes,
         Path(args.out),
@@ -181,8 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         frames_dir=Path(args.frames_dir) if args.frames_dir else None,
         vqgan_encode=vqgan_encode,
         shard=args.shard,
+        provenance=provenance,
+        restart=args.restart,
     )
-    print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -420,7 +420,7 @@ def test_label_writes_lapa_rows_with_the_models_codes(trained, tabletop_videos, 
     assert not out.with_name(out.name + ".partial").exists()
 
 
-def test_label_drop_tail_resume_and_rlds_frames(trained, tabletop_videos, tmp_path):
+def test_label_drop_tail_resume_and_rlds_frames(trained, tabletop_videos, tmp_path, monkeypatch):
     config, _ = trained
     rlds = tabletop_videos / "rlds" / "tabletop" / "1.0.0"
     args = [
@@ -442,10 +442,29 @@ def test_label_drop_tail_resume_and_rlds_frames(trained, tabletop_videos, tmp_pa
     assert len(rows) == sum(e.num_frames - 1 for e in episodes)  # drop: no row without t+1
     first = json.loads(rows[0])["image"]
     assert first.startswith(str(full) + ".frames")  # RLDS frames are written as PNG for the rows
-    # a run that died after 5 rows (and a cut line) resumes to the same file
+    # a run that died after one batch (and a cut line) resumes to the same file ...
+    from lam.label import CodeLabeler
+
+    real, calls = CodeLabeler.__call__, []
+
+    def dying(self, frames):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt("killed")
+        return real(self, frames)
+
     resumed = tmp_path / "resumed.jsonl"
     partial = resumed.with_name(resumed.name + ".partial")
-    partial.write_text("\n".join(rows[:5]).replace(str(full), str(resumed)) + "\n" + rows[5][:20])
+    with monkeypatch.context() as patch:
+        patch.setattr(CodeLabeler, "__call__", dying)
+        with pytest.raises(KeyboardInterrupt):
+            label_main([*args, "--out", str(resumed)])
+    assert len(partial.read_text().splitlines()) == 8
+    with open(partial, "a") as f:
+        f.write(rows[8][:20])
+    # ... but not with another offset, whose codes would differ from the rows already written
+    with pytest.raises(SystemExit, match=r"offset: 1 -> 2.*--restart"):
+        label_main([*args, "--out", str(resumed), "--offset", "2"])
     label_main([*args, "--out", str(resumed)])
     assert resumed.read_text() == full.read_text().replace(str(full), str(resumed))
 

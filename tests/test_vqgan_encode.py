@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from latent_pretraining.core.partial import PartialMismatchError
 from latent_pretraining.vqgan.encode import EncodeError, encode_jsonl
 from latent_pretraining.vqgan.images import load_image, preprocess
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
@@ -47,14 +48,95 @@ def test_rows_get_the_models_codes(model, rows, tmp_path, eight_devices):
     assert not (tmp_path / "out.jsonl.partial").exists()
 
 
-def test_rerun_resumes_after_the_rows_already_written(model, rows, tmp_path):
-    encode_jsonl(model, rows, tmp_path / "clean.jsonl", batch_size=4)
+def _killed_after(monkeypatch, batches: int):
+    """Makes the encoder raise on its call number ``batches + 1`` (a run that dies there)."""
+    from latent_pretraining.vqgan import encode as encode_module
+
+    real, calls = encode_module.Encoder.__call__, []
+
+    def dying(self, images):
+        calls.append(1)
+        if len(calls) > batches:
+            raise KeyboardInterrupt("killed")
+        return real(self, images)
+
+    monkeypatch.setattr(encode_module.Encoder, "__call__", dying)
+    return lambda: monkeypatch.setattr(encode_module.Encoder, "__call__", real)
+
+
+def test_rerun_resumes_after_the_rows_already_written(model, rows, tmp_path, monkeypatch):
+    encode_jsonl(model, rows, tmp_path / "clean.jsonl", batch_size=8)
     clean = (tmp_path / "clean.jsonl").read_text()
-    lines = clean.splitlines(keepends=True)
-    (tmp_path / "out.jsonl.partial").write_text("".join(lines[:5]) + lines[5][:20])  # died mid-line
-    counts = encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=4)
-    assert counts["resumed_after"] == 5 and counts["encoded"] == 6
+    revive = _killed_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8)
+    revive()
+    partial = tmp_path / "out.jsonl.partial"
+    assert len(_read(partial)) == 8 and not (tmp_path / "out.jsonl").exists()
+    with open(partial, "a") as f:
+        f.write('{"id": 8, "ima')  # a line the killed run was writing when it died
+    counts = encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8)
+    assert counts["resumed_after"] == 8 and counts["encoded"] == 3
     assert (tmp_path / "out.jsonl").read_text() == clean
+    assert not partial.exists() and not (tmp_path / "out.jsonl.partial.json").exists()
+
+
+def test_resume_refuses_a_partial_of_other_options_unless_restarted(model, rows, tmp_path, monkeypatch):
+    revive = _killed_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, crop=True)
+    revive()
+    with pytest.raises(PartialMismatchError, match=r"crop: True -> False.*--restart"):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8)
+    assert len(_read(tmp_path / "out.jsonl.partial")) == 8  # refused, and kept
+    rows.write_text(rows.read_text() + "\n")  # the input changed (size and mtime)
+    with pytest.raises(PartialMismatchError, match="input"):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, crop=True)
+    encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, restart=True)
+    encode_jsonl(model, rows, tmp_path / "clean.jsonl", batch_size=8)
+    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
+
+
+def test_a_partial_without_its_record_is_not_trusted(model, rows, tmp_path):
+    (tmp_path / "out.jsonl.partial").write_text('{"id": 0, "vision": [1]}\n')  # from who knows where
+    with pytest.raises(PartialMismatchError, match="no record of what produced it"):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8)
+    counts = encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, restart=True)
+    assert counts["encoded"] == 11 and len(_read(tmp_path / "out.jsonl")) == 11
+
+
+def test_skip_errors_resume_continues_at_the_input_line(model, rows, tmp_path, monkeypatch):
+    lines = rows.read_text().splitlines()
+    lines[2] = json.dumps({"id": 2, "image": str(tmp_path / "missing.png")})
+    rows.write_text("\n".join(lines) + "\n\n")  # and a trailing blank line, ignored
+    revive = _killed_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, skip_errors=True)
+    revive()
+    counts = encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, skip_errors=True)
+    ids = [r["id"] for r in _read(tmp_path / "out.jsonl")]
+    assert ids == [0, 1, 3, 4, 5, 6, 7, 8, 9, 10]  # each row once: 10 rows, not 11
+    assert counts["skipped_lines"] == [3]
+    assert json.loads((tmp_path / "out.jsonl.skipped.json").read_text()) == [3]
+
+
+def test_bad_rows_name_the_line(model, tmp_path):
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    good = json.dumps({"image": str(image)})
+    cases = {
+        b"5": "expected a JSON object, got int",
+        b"null": "expected a JSON object, got NoneType",
+        b'"a string"': "expected a JSON object, got str",
+        b'{"image": 3}': "field 'image': expected a path string",
+        b'{"image": "caf\xe9.png"}': "not UTF-8 text",
+        b'{"image": "../outside.png"}': "outside the image root",
+    }
+    for k, (line, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{k}.jsonl"
+        path.write_bytes(good.encode() + b"\n" + line + b"\n")
+        with pytest.raises(EncodeError, match=rf"bad{k}.jsonl:2: .*{message}"):
+            encode_jsonl(model, path, tmp_path / f"out{k}.jsonl", batch_size=8, image_root=tmp_path)
 
 
 def test_unreadable_image_names_the_line_and_keeps_finished_work(model, rows, tmp_path):

@@ -8,15 +8,17 @@ Codes are flattened row-major (LAPA's layout): 256 per image for LWM's tokenizer
 pre-tokenisation does (longest side, then square resize, [-1, 1]); ``--crop`` adds
 the centred 90% crop for models trained with augmentation. Batches are split over
 all devices. Output goes to ``<output>.partial`` and is renamed when complete; a
-rerun resumes after the rows already written. An unreadable image is an error naming
-the input line (or, with ``--skip_errors``, a skipped and counted row).
+rerun resumes at the input line it reached when the input, checkpoint and options are
+the same, and is refused otherwise (``--restart`` discards the partial). An unreadable
+image or row is an error naming the input line (or, with ``--skip_errors``, a skipped
+and listed row); blank lines are ignored. Relative image paths join ``--image_root``
+and may not leave it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from latent_pretraining.batched import LocalBatchApply
+from latent_pretraining.core.cli import exit_on, parse_shard
+from latent_pretraining.core.files import check_output_paths, resolve_under
+from latent_pretraining.core.partial import PartialJsonl, fingerprint
 from latent_pretraining.vqgan.images import load_image, preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
@@ -45,18 +50,6 @@ def resolve_config(checkpoint: Path, config: str | None) -> ml_collections.Confi
     return get_vqgan_config(config)
 
 
-def rows_done(partial: Path) -> int:
-    """Complete lines already in a partial output; a cut-off last line is removed."""
-    if not partial.exists():
-        return 0
-    data = partial.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with open(partial, "r+b") as f:
-            f.truncate(end)
-    return data[:end].count(b"\n")
-
-
 class Encoder(LocalBatchApply):
     """Batched, data-parallel encoding of preprocessed images with one compiled program."""
 
@@ -68,6 +61,28 @@ class Encoder(LocalBatchApply):
         return super().__call__(images).reshape(len(images), -1)
 
 
+def _read_row(raw: bytes, where: str, image_root: Path | None) -> tuple[dict, Path] | None:
+    """A line of the input -> (row, image path); None for a blank line. Raises EncodeError."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EncodeError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise EncodeError(f"{where}: invalid JSON: {e}") from None
+    if not isinstance(row, dict):
+        raise EncodeError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if not isinstance(row.get("image"), str) or not row["image"]:
+        raise EncodeError(f"{where}: field 'image': expected a path string, got {row.get('image')!r}")
+    try:
+        return row, resolve_under(row["image"], image_root, where)
+    except ValueError as e:
+        raise EncodeError(str(e)) from None
+
+
 def encode_jsonl(
     model: VQGAN,
     input_path: Path,
@@ -77,58 +92,75 @@ def encode_jsonl(
     skip_errors: bool = False,
     image_root: Path | None = None,
     shard: tuple[int, int] = (0, 1),
+    model_source: dict | None = None,
+    restart: bool = False,
 ) -> dict:
     """Writes ``output_path`` (atomically, resumably); returns counts. ``shard=(i, n)``
-    encodes only input lines i, i+n, i+2n, ... (one shard per host)."""
-    partial = output_path.with_name(output_path.name + ".partial")
-    done = rows_done(partial)
-    with open(input_path) as f:
+    encodes only input lines i, i+n, i+2n, ... (one shard per host). A leftover partial
+    resumes at the input line it reached if it came from the same input, model
+    (``model_source``, e.g. the checkpoint's fingerprint, plus the config) and options;
+    otherwise it is refused, or discarded with ``restart``."""
+    with open(input_path, "rb") as f:
         numbered = [(n, line) for n, line in enumerate(f, start=1) if (n - 1) % shard[1] == shard[0]]
+    provenance = {
+        "tool": "vqgan encode",
+        "input": fingerprint(input_path),
+        "model": model_source,
+        "config": model.config.to_dict(),
+        "crop": crop,
+        "image_root": None if image_root is None else str(Path(image_root).resolve()),
+        "shard": list(shard),
+    }
     encoder = Encoder(model, batch_size)
-    skipped: list[int] = []
     start = time.perf_counter()
     pending: list[tuple[dict, np.ndarray]] = []
+    with PartialJsonl(output_path, provenance, restart) as out:
+        done = out.position
+        skipped: list[int] = list(out.extra.get("skipped", []))
+        resumed_skipped = len(skipped)
 
-    def flush(out) -> None:
-        if not pending:
-            return
-        codes = encoder(np.stack([image for _, image in pending]))
-        for (row, _), row_codes in zip(pending, codes, strict=True):
-            out.write(json.dumps({**row, "vision": row_codes.tolist()}) + "\n")
-        out.flush()
-        pending.clear()
+        def flush(position: int) -> None:
+            lines = []
+            if pending:
+                codes = encoder(np.stack([image for _, image in pending]))
+                lines = [
+                    json.dumps({**row, "vision": c.tolist()}) + "\n"
+                    for (row, _), c in zip(pending, codes, strict=True)
+                ]
+            out.append(lines, position, skipped=skipped)
+            pending.clear()
 
-    with open(partial, "a") as out, tqdm(total=len(numbered), initial=done, desc="encode", unit="row") as bar:
-        for number, line in numbered[done:]:
-            where = f"{input_path}:{number}"
-            try:
-                row = json.loads(line)
-                if "image" not in row:
-                    raise EncodeError(f"{where}: no 'image' field")
-                path = Path(row["image"])
-                if image_root is not None and not path.is_absolute():
-                    path = image_root / path
+        with tqdm(total=len(numbered), initial=done, desc="encode", unit="row") as bar:
+            for k in range(done, len(numbered)):
+                number, raw = numbered[k]
+                where = f"{input_path}:{number}"
                 try:
-                    image = load_image(path)
-                except Exception as e:
-                    raise EncodeError(f"{where}: cannot read image {path}: {e}") from e
-                pending.append((row, preprocess(image, encoder.resolution, crop=crop)))
-            except (EncodeError, json.JSONDecodeError) as e:
-                if not skip_errors:
-                    flush(out)  # keep what is done: a rerun resumes here
-                    raise EncodeError(
-                        str(e) if isinstance(e, EncodeError) else f"{where}: invalid JSON: {e}"
-                    ) from e
-                skipped.append(number)
-            if len(pending) == encoder.batch_size:
-                flush(out)
-            bar.update(1)
-        flush(out)
+                    parsed = _read_row(raw, where, image_root)
+                    if parsed is not None:
+                        row, path = parsed
+                        try:
+                            image = load_image(path)
+                        except Exception as e:
+                            raise EncodeError(f"{where}: cannot read image {path}: {e}") from e
+                        pending.append((row, preprocess(image, encoder.resolution, crop=crop)))
+                except EncodeError:
+                    if not skip_errors:
+                        flush(k)  # keep what is done: a rerun resumes at this line
+                        raise
+                    skipped.append(number)
+                if len(pending) == encoder.batch_size:
+                    flush(k + 1)
+                bar.update(1)
+            flush(len(numbered))
+        out.finish()
+    skipped_path = output_path.with_name(output_path.name + ".skipped.json")
     if skipped:
-        (output_path.with_name(output_path.name + ".skipped.json")).write_text(json.dumps(skipped))
-    os.replace(partial, output_path)
+        skipped_path.write_text(json.dumps(skipped))
+    else:
+        skipped_path.unlink(missing_ok=True)
     took = time.perf_counter() - start
-    encoded = len(numbered) - done - len(skipped)
+    blank = sum(1 for _, line in numbered[done:] if not line.strip())
+    encoded = len(numbered) - done - (len(skipped) - resumed_skipped) - blank
     return {
         "rows": len(numbered),
         "resumed_after": done,
@@ -162,25 +194,34 @@ def main(argv: list[str]) -> None:
         "--crop", action="store_true", help="centred 90%% crop (models trained with augmentation)"
     )
     parser.add_argument("--skip_errors", action="store_true")
+    parser.add_argument(
+        "--restart", action="store_true", help="discard a leftover partial output instead of resuming it"
+    )
     parser.add_argument("--image_root", type=Path, default=None, help="base for relative image paths")
     parser.add_argument(
-        "--shard", default="0/1", help="I/N: encode input lines I, I+N, ... (one shard per host)"
+        "--shard",
+        type=parse_shard,
+        default=(0, 1),
+        help="I/N: encode input lines I, I+N, ... (one shard per host)",
     )
     args = parser.parse_args(argv[1:])
-    index, count = (int(v) for v in args.shard.split("/"))
-    if not 0 <= index < count:
-        parser.error(f"--shard {args.shard}: need 0 <= I < N")
-    model = load_model(args.checkpoint, args.config)
-    counts = encode_jsonl(
-        model,
-        args.input,
-        args.output,
-        args.batch_size,
-        args.crop,
-        args.skip_errors,
-        args.image_root,
-        (index, count),
-    )
+    with exit_on():
+        check_output_paths(
+            {"--input": args.input, "--checkpoint": args.checkpoint}, {"--output": args.output}
+        )
+        model = load_model(args.checkpoint, args.config)
+        counts = encode_jsonl(
+            model,
+            args.input,
+            args.output,
+            args.batch_size,
+            args.crop,
+            args.skip_errors,
+            args.image_root,
+            args.shard,
+            model_source={"checkpoint": fingerprint(args.checkpoint)},
+            restart=args.restart,
+        )
     print(
         f"wrote {args.output}: {counts['encoded']} rows encoded"
         + (f" (resumed after {counts['resumed_after']})" if counts["resumed_after"] else "")

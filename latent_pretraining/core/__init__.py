@@ -1,0 +1,1 @@
+"""Infrastructure every layer may use: small file-safety helpers with no model code."""

@@ -1,0 +1,76 @@
+"""Output files that never clobber an input and appear all together or not at all."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output path that would overwrite an input, another output or a directory."""
+
+
+def check_output_paths(inputs: Mapping[str, Path | None], outputs: Mapping[str, Path]) -> None:
+    """Refuses, before anything is read, outputs that equal an input or each other (resolved,
+    symlinks followed), outputs that are directories, and outputs whose folder is missing.
+    Keys are the flag names that the messages use."""
+    seen: dict[Path, str] = {}
+    for name, path in inputs.items():
+        if path is not None:
+            seen.setdefault(Path(path).resolve(), name)
+    for name, path in outputs.items():
+        real = Path(path).resolve()
+        if real in seen:
+            raise OutputPathError(f"{name} {path} is the same file as {seen[real]}; choose another path")
+        if real.is_dir():
+            raise OutputPathError(f"{name} {path} is a directory; it must name a file")
+        if not real.parent.is_dir():
+            raise OutputPathError(f"{name} {path}: folder {real.parent} does not exist")
+        seen[real] = name
+
+
+def write_together(files: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Writes every ``(path, writer)`` to a temporary file, then moves them all into place.
+
+    A failure at any point (a writer, a rename) leaves every previous output as it was and
+    removes the temporary files: the outputs are replaced all together or not at all."""
+    pid = os.getpid()
+    temps = [path.with_name(f".{path.name}.tmp-{pid}") for path, _ in files]
+    backups = [path.with_name(f".{path.name}.old-{pid}") for path, _ in files]
+    moved: list[int] = []  # outputs already renamed to their backup
+    placed: list[int] = []  # temps already renamed to their output
+    try:
+        for tmp, (_, writer) in zip(temps, files, strict=True):
+            writer(tmp)
+        for i, (path, _) in enumerate(files):
+            if path.exists():
+                os.replace(path, backups[i])
+                moved.append(i)
+            os.replace(temps[i], path)
+            placed.append(i)
+    except BaseException:
+        for i in placed:
+            Path(files[i][0]).unlink(missing_ok=True)
+        for i in moved:
+            os.replace(backups[i], files[i][0])
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for i in moved:
+        backups[i].unlink(missing_ok=True)
+
+
+def resolve_under(path_text: str, root: Path | None, where: str, explicit_root: bool = True) -> Path:
+    """The file a data row names: relative paths join ``root`` and may not leave it (``..``);
+    with an ``explicit_root`` (``--image_root``) absolute paths must lie inside it too."""
+    path = Path(path_text)
+    if root is None:
+        return path
+    base = Path(os.path.abspath(root))
+    if path.is_absolute() and not explicit_root:
+        return path
+    joined = Path(os.path.normpath(base / path))
+    if joined != base and base not in joined.parents:
+        raise ValueError(f"{where}: image path {path_text!r} lies outside the image root {base}")
+    return joined
