@@ -11,13 +11,15 @@ silently disappear (see ``latent_pretraining/action_bins.py``), a thresholded gr
 validation that names the row id and field; nothing is written unless every row is valid
 (or ``--skip_invalid``, which lists what it skipped). A metadata JSON beside the CSV
 records the scheme, bin counts, statistics and per-dimension round-trip error.
+
+No output may be an input or another output (checked before anything is read), and the
+three outputs are replaced together or not at all: a failure leaves the previous ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from latent_pretraining.action_bins import GRIPPER_CONVENTIONS, ActionBins
+from latent_pretraining.core.cli import exit_on
+from latent_pretraining.core.files import check_output_paths, write_together
 from latent_pretraining.prompts import wrap_question
 
 VERSION = 1
@@ -59,6 +63,9 @@ def _structure_error(row: Any, index: int) -> str | None:
     if not isinstance(raw, list) or len(raw) != len(ACTION_DIMS):
         size = len(raw) if isinstance(raw, list) else type(raw).__name__
         return f"{where}: 'raw_actions' has {size} values, expected {len(ACTION_DIMS)}"
+    for dim, value in zip(ACTION_DIMS, raw, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{where}: 'raw_actions' {dim} is {value!r}, expected a number"
     return None
 
 
@@ -103,25 +110,14 @@ def preprocess(
             raise InvalidRowError(problem)
         else:
             skipped.append(problem)
-    try:
-        actions = np.array([k["row"]["conversations"][1]["raw_actions"] for k in kept], np.float64)
-    except (TypeError, ValueError):  # a non-numeric value somewhere: find it row by row
-        actions = np.full((len(kept), len(ACTION_DIMS)), np.nan)
-        for i, k in enumerate(kept):
-            try:
-                actions[i] = np.asarray(k["row"]["conversations"][1]["raw_actions"], np.float64)
-            except (TypeError, ValueError):
-                raw = k["row"]["conversations"][1]["raw_actions"]
-                message = f"row {k['_index']} (id {k['row']['id']}): 'raw_actions' must be numbers, got {raw}"
-                if not skip_invalid:
-                    raise InvalidRowError(message) from None
-                skipped.append(message)
+    actions = np.array([k["row"]["conversations"][1]["raw_actions"] for k in kept], np.float64)
+    actions = actions.reshape(len(kept), len(ACTION_DIMS))
     errors = _value_errors(kept, actions, gripper_convention)
     if errors:
         if not skip_invalid:
             raise InvalidRowError(errors[0][1])
         skipped.extend(message for _, message in errors)
-        bad = {i for i, _ in errors} | set(np.flatnonzero(np.isnan(actions).all(axis=1)).tolist())
+        bad = {i for i, _ in errors}
         keep = np.array([i not in bad for i in range(len(kept))], bool)
         kept = [k for k, ok in zip(kept, keep, strict=True) if ok]
         actions = actions[keep]
@@ -198,23 +194,6 @@ def add_vision(
     metadata["vision_tokens_per_image"] = len(out[0]["vision"]) if out else 0
 
 
-def write_all(files: list[tuple[Path, Any]]) -> None:
-    """Writes every ``(path, writer)`` to a temporary file, then renames them all: a failure
-    leaves the previous outputs (or none) in place, never a partial set."""
-    temps = []
-    try:
-        for path, writer in files:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            temps.append((tmp, path))
-            writer(tmp)
-    except BaseException:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, path in temps:
-        os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -239,13 +218,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vqgan_config", default=None, help="lwm / small / tiny or a JSON file")
     parser.add_argument("--image_root", type=Path, default=None, help="base of relative image paths")
     args = parser.parse_args(argv)
+    with exit_on():
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    metadata_path = args.metadata or args.csv_filename.with_suffix(".json")
+    vqgan_config = (
+        Path(args.vqgan_config) if args.vqgan_config and args.vqgan_config.endswith(".json") else None
+    )
+    check_output_paths(
+        {
+            "--input_path": args.input_path,
+            "--vqgan_checkpoint": args.vqgan_checkpoint,
+            "--vqgan_config": vqgan_config,
+        },
+        {
+            "--output_filename": args.output_filename,
+            "--csv_filename": args.csv_filename,
+            "--metadata": metadata_path,
+        },
+    )
     try:
-        rows = json.loads(args.input_path.read_text())
+        rows = json.loads(args.input_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{args.input_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise SystemExit(f"{args.input_path}: unreadable JSON: {e}") from None
     if not isinstance(rows, list):
-        raise SystemExit(f"{args.input_path}: expected a JSON array of rows")
+        raise SystemExit(f"{args.input_path}: expected a JSON array of rows, got {type(rows).__name__}")
+    if not rows:
+        raise SystemExit(f"{args.input_path}: the array holds no rows; nothing was written")
     try:
         out, bins, metadata = preprocess(
             rows,
@@ -263,8 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         add_vision(
             out, metadata, args.vqgan_checkpoint, args.vqgan_config, args.image_root, args.skip_invalid
         )
-    metadata_path = args.metadata or args.csv_filename.with_suffix(".json")
-    write_all(
+    write_together(
         [
             (args.output_filename, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in out))),
             (args.csv_filename, bins.to_csv),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,6 +67,8 @@ class SequenceConfig:
     tokens_per_latent: int = 4  # LAPA: 4 latent codes of a codebook of 8
     tokens_per_action: int = 7
     vocab_sizes: tuple[int, int, int, int] = (32000, 8448, 8, 256)  # text, vision, latent, action
+    vision_codes: int = END_OF_FRAME  # the VQGAN's codebook size: image codes are below it
+    action_bins: tuple[int, ...] = ()  # bins per action dimension (from the bins CSV), if known
 
 
 class SequenceBuilder:
@@ -79,6 +82,8 @@ class SequenceBuilder:
         }
 
     def __call__(self, row: dict[str, Any]) -> Example:
+        if not isinstance(row, dict):
+            raise RowError(f"expected a JSON object, got {type(row).__name__}")
         if "fields" not in row:
             raise RowError("missing field 'fields'")
         ids: list[int] = [self.tokenizer.bos_id]
@@ -128,6 +133,13 @@ class SequenceBuilder:
                 f"has no end-of-vision id {END_OF_VISION}"
             )
         tokens = self._codes(row, name, None, Modality.VISION)
+        codes = min(self.config.vision_codes, END_OF_FRAME)
+        bad = [t for t in tokens if t >= codes]
+        if bad:
+            raise RowError(
+                f"field {name!r}: id {bad[0]} is not an image code (the VQGAN's codes are 0..{codes - 1}; "
+                f"the frame markers {END_OF_FRAME}/{END_OF_VISION} are added by the builder)"
+            )
         per = self.config.tokens_per_frame
         if not tokens or len(tokens) % per:
             raise RowError(f"field {name!r}: {len(tokens)} vision tokens, expected a multiple of {per}")
@@ -144,10 +156,10 @@ class SequenceBuilder:
         values = row[name]
         if not isinstance(values, list):
             raise RowError(f"field {name!r}: expected a list of ids, got {type(values).__name__}")
-        try:
-            codes = [int(v) for v in values]  # LAPA writes latent codes as strings
-        except (TypeError, ValueError):
-            raise RowError(f"field {name!r}: ids must be integers, got {values[:8]}") from None
+        codes = [_as_id(v) for v in values]
+        if None in codes:
+            bad = values[codes.index(None)]
+            raise RowError(f"field {name!r}: ids must be integers, got {bad!r} in {values[:8]}")
         if count is not None and len(codes) != count:
             raise RowError(f"field {name!r}: {len(codes)} ids, expected {count}")
         size = self.config.vocab_sizes[int(modality)]
@@ -156,4 +168,25 @@ class SequenceBuilder:
             raise RowError(
                 f"field {name!r}: id {bad[0]} is outside the {modality.name.lower()} vocabulary [0, {size})"
             )
+        if modality == Modality.ACTION and self.config.action_bins:
+            for d, (c, n) in enumerate(zip(codes, self.config.action_bins, strict=True)):
+                if c >= n:
+                    raise RowError(f"field {name!r}: dimension {d} has id {c} but its bins are 0..{n - 1}")
         return codes
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _as_id(value: Any) -> int | None:
+    """An integer id from an int, an integral float (3.0) or an integer string ("3", as LAPA
+    writes latent codes); None for anything else (3.7, "3.7", true), never a truncation."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    return None

@@ -12,6 +12,7 @@ positions). Rerunning a command resumes its run directory from the newest checkp
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from flax import nnx
 from latent_pretraining.action_bins import ActionBins
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
-from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTokenizer
+from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
 from latent_pretraining.sharding import make_mesh
 from latent_pretraining.training import loop
 from latent_pretraining.training.checkpointing import Checkpointer
@@ -36,6 +37,7 @@ from latent_pretraining.training.state import (
     global_batch,
 )
 from latent_pretraining.vla_data import augmenting_refresh, batch_stream, load_examples, vqgan_encoder
+from latent_pretraining.vqgan.encode import resolve_config
 
 
 def _path_name(path: tuple) -> str:
@@ -194,6 +196,26 @@ def _initialise(state: TrainState, config, mesh) -> TrainState:
     return {**state, "params": restored[0]["params"]}
 
 
+def _action_bins(config: ml_collections.ConfigDict) -> ActionBins | None:
+    """The bins CSV of ``config.data.action_bins``, checked against the action layout."""
+    path = config.data.action_bins
+    if not path:
+        return None
+    bins = ActionBins.from_csv(path)
+    dims = SequenceConfig.tokens_per_action
+    if len(bins.num_bins) != dims:
+        raise ValueError(
+            f"{path}: {len(bins.num_bins)} rows of bin edges, but actions have {dims} dimensions"
+        )
+    widest = max(bins.num_bins)
+    if widest > config.model.action_vocab_size:
+        raise ValueError(
+            f"{path}: a dimension has {widest} bins but model.action_vocab_size is "
+            f"{config.model.action_vocab_size}"
+        )
+    return bins
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if not config.data.train or not config.data.tokenizer:
         raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")
@@ -205,11 +227,18 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         raise ValueError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.text_vocab_size is {m.text_vocab_size}"
         )
+    bins = _action_bins(config)
+    vision_codes = END_OF_FRAME
+    if config.data.vqgan_checkpoint:
+        vqgan = resolve_config(Path(config.data.vqgan_checkpoint), config.data.vqgan_config or None)
+        vision_codes = int(vqgan.num_embeddings)
     builder = SequenceBuilder(
         tokenizer,
         SequenceConfig(
             tokens_per_frame=config.data.tokens_per_frame,
             vocab_sizes=(m.text_vocab_size, m.vision_vocab_size, m.latent_vocab_size, m.action_vocab_size),
+            vision_codes=vision_codes,
+            action_bins=tuple(bins.num_bins) if bins is not None else (),
         ),
     )
     encoder = None
@@ -219,6 +248,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             config.data.vqgan_config or None,
             config.data.image_augment,
             config.seed,
+            image_root=config.data.image_root or None,
         )
     per_host = config.batch_size // jax.process_count()
     train_data = load_examples(
@@ -250,7 +280,6 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             config.data.eval.split(","), builder, config.data.max_length, config.data.skip_invalid, encoder
         )
         eval_stream = batch_stream(eval_data, per_host, config.data.max_length, False, config.seed)
-        bins = ActionBins.from_csv(config.data.action_bins) if config.data.action_bins else None
         eval_fn = make_eval(graphdef, eval_stream, eval_data.rows, mesh, config, bins)
     logger = loop.logger_for(config, run_dir)
     example = {k: v for k, v in data.peek().items() if k != "example"}

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_pretraining.core.files import resolve_under
 from latent_pretraining.sequences import Example, RowError, SequenceBuilder
 from latent_pretraining.training.data import BatchStream
 
@@ -46,17 +47,18 @@ def load_examples(
     encoded: set[int] = set()
     pending: list[tuple[str, dict[str, Any]]] = []
     for path in paths:
-        with open(path) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
                     continue
                 where = f"{path}:{number}"
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
+                    row = json.loads(raw.decode("utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "invalid JSON"
                     if not skip_invalid:
-                        raise RowError(f"{where}: invalid JSON: {e}") from None
-                    skipped.append(f"{where}: invalid JSON")
+                        raise RowError(f"{where}: {reason}: {e}") from None
+                    skipped.append(f"{where}: {reason}")
                     continue
                 pending.append((where, row))
     if vision_encoder is not None:
@@ -93,8 +95,10 @@ def load_examples(
     return LoadedData(examples, rows, skipped, from_images, labels)
 
 
-def _needs_vision(row: dict[str, Any]) -> bool:
-    return "vision" not in row and "vision" in str(row.get("fields", "")) and "image" in row
+def _needs_vision(row: Any) -> bool:
+    if not isinstance(row, dict) or "vision" in row:
+        return False
+    return "vision" in str(row.get("fields", "")) and "image" in row
 
 
 def pack(lengths: Sequence[int], max_length: int, seed: int) -> list[list[int]]:
@@ -207,7 +211,8 @@ def vqgan_encoder(
     image_root: str | os.PathLike | None = None,
 ) -> Callable[[list[dict], list[str]], list[list[int]]]:
     """Encodes rows' ``image`` files with a VQGAN, with the training augmentation when
-    ``augment`` (drawn from ``rng`` when given)."""
+    ``augment`` (drawn from ``rng`` when given). Relative paths join ``image_root`` and may
+    not leave it."""
     from latent_pretraining.vqgan.encode import Encoder, load_model
     from latent_pretraining.vqgan.images import load_image, preprocess
 
@@ -220,9 +225,13 @@ def vqgan_encoder(
         rng = default_rng if rng is None else rng
         images, out = [], []
         for row, where in zip(rows, labels, strict=True):
-            path = Path(row["image"])
-            if image_root is not None and not path.is_absolute():
-                path = Path(image_root) / path
+            try:
+                if not isinstance(row["image"], str):
+                    raise RowError(f"{where}: field 'image': expected a path string, got {row['image']!r}")
+                path = resolve_under(row["image"], None if image_root is None else Path(image_root), where)
+            except ValueError as e:
+                out.append(RowError(str(e)))
+                continue
             try:
                 images.append(preprocess(load_image(path), encoder.resolution, train=augment, rng=rng))
                 out.append(None)

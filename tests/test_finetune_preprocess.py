@@ -116,6 +116,10 @@ def test_output_rows_follow_lapas_schema():
             lambda r: r["conversations"][1]["raw_actions"].__setitem__(6, 2.0),
             "gripper 2.0 is outside the '01'",
         ),
+        (lambda r: r["conversations"][1]["raw_actions"].__setitem__(6, True), "gripper is True, expected a"),
+        (lambda r: r["conversations"][1]["raw_actions"].__setitem__(0, "0.01"), "dx is '0.01', expected a"),
+        (lambda r: r["conversations"][1]["raw_actions"].__setitem__(1, [0.1]), r"dy is \[0.1\], expected"),
+        (lambda r: r["conversations"][1]["raw_actions"].__setitem__(2, None), "dz is None, expected a"),
     ],
 )
 def test_invalid_rows_name_the_row_and_field(mutate, message):
@@ -228,3 +232,85 @@ def test_vqgan_checkpoint_adds_vision_tokens_in_the_same_run(tmp_path):
     with pytest.raises(SystemExit, match=r"row id ep_1: cannot read image .*missing\.png"):
         main(args)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def _outputs(tmp_path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(tmp_path.iterdir()) if p.is_file()}
+
+
+def test_no_output_may_overwrite_the_input_or_another_output(tmp_path):
+    """LAPA's natural naming bridge.json -> bridge.jsonl + bridge.csv made the default metadata
+    path (the CSV's with .json) the input itself."""
+    (tmp_path / "bridge.json").write_text(json.dumps(_rows(20)))
+    before = _outputs(tmp_path)
+    args = [
+        "--input_path",
+        str(tmp_path / "bridge.json"),
+        "--output_filename",
+        str(tmp_path / "bridge.jsonl"),
+    ]
+    with pytest.raises(SystemExit, match=r"--metadata .*bridge.json is the same file as --input_path"):
+        main([*args, "--csv_filename", str(tmp_path / "bridge.csv")])
+    with pytest.raises(
+        SystemExit, match=r"--csv_filename .*bridge.jsonl is the same file as --output_filename"
+    ):
+        main(
+            [*args, "--csv_filename", str(tmp_path / "bridge.jsonl"), "--metadata", str(tmp_path / "m.json")]
+        )
+    (tmp_path / "link.json").symlink_to(tmp_path / "bridge.json")  # the same file under another name
+    with pytest.raises(SystemExit, match=r"--metadata .*link.json is the same file as --input_path"):
+        main([*args, "--csv_filename", str(tmp_path / "b.csv"), "--metadata", str(tmp_path / "link.json")])
+    (tmp_path / "link.json").unlink()
+    assert _outputs(tmp_path) == before  # the input untouched, nothing written
+
+
+def test_a_failed_write_leaves_every_previous_output(tmp_path, monkeypatch):
+    (tmp_path / "in.json").write_text(json.dumps(_rows(30)))
+    main(_cli(tmp_path, "--discretize_bins", "8"))
+    previous = _outputs(tmp_path)
+    (tmp_path / "in.json").write_text(json.dumps(_rows(40, seed=1)))
+    now = _outputs(tmp_path)
+    # an output that is a directory is refused before anything is written
+    with pytest.raises(SystemExit, match=r"--metadata .*meta is a directory"):
+        (tmp_path / "meta").mkdir()
+        main(_cli(tmp_path, "--metadata", str(tmp_path / "meta")))
+    (tmp_path / "meta").rmdir()
+    assert _outputs(tmp_path) == now
+    # a rename that fails half-way: the outputs already moved are put back
+    import data.finetune_preprocess as fp
+    import latent_pretraining.core.files as files
+
+    real, calls = files.os.replace, []
+
+    def failing(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # out.jsonl is in place and moving bins.csv into place fails
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", failing)
+    with pytest.raises(SystemExit, match="No space left on device"):
+        fp.main(_cli(tmp_path, "--discretize_bins", "8"))
+    monkeypatch.undo()
+    assert _outputs(tmp_path) == now  # old outputs back, no temporary files left
+    assert {k: v for k, v in now.items() if k != "in.json"} == {
+        k: v for k, v in previous.items() if k != "in.json"
+    }
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"[]", "holds no rows"),
+        (b'{"id": 1}', "expected a JSON array of rows, got dict"),
+        (b'[5, {"id": 2}]', r"row 0 \(id #0\): expected an object, got int"),
+        (b"[null]", "row 0 .*expected an object, got NoneType"),
+        (b'["a string"]', "row 0 .*expected an object, got str"),
+        (b'[{"id": "caf\xe9"}]', "not UTF-8 text"),
+    ],
+)
+def test_bad_files_are_clear_errors(tmp_path, content, message):
+    (tmp_path / "in.json").write_bytes(content)
+    with pytest.raises(SystemExit, match=message):
+        main(_cli(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from latent_pretraining.model import Modality
@@ -84,6 +86,13 @@ def test_joined_text_fields_and_explicit_bos_eos(tok):
         ({"fields": "delta", "delta": [1, 2, 3]}, "3 ids, expected 4"),
         ({"fields": "delta", "delta": [1, 2, 3, 8]}, r"id 8 is outside the latent vocabulary \[0, 8\)"),
         ({"fields": "delta", "delta": ["a", 1, 2, 3]}, "ids must be integers"),
+        ({"fields": "delta", "delta": [3.7, 1, 2, 3]}, "ids must be integers, got 3.7"),  # not int(3.7) == 3
+        ({"fields": "delta", "delta": ["3.7", 1, 2, 3]}, "ids must be integers, got '3.7'"),
+        ({"fields": "delta", "delta": [True, 1, 2, 3]}, "ids must be integers, got True"),
+        ({"fields": "delta", "delta": [[1], 1, 2, 3]}, r"ids must be integers, got \[1\]"),
+        ({"fields": "action", "action": [1, 2, None, 4, 5, 6, 7]}, "ids must be integers, got None"),
+        ({"fields": "[vision]", "vision": [1, 2, 3, 8193]}, "id 8193 is not an image code"),
+        ({"fields": "[vision]", "vision": [1, 2, 3, 8192]}, "id 8192 is not an image code"),
         ({"fields": "[vision]", "vision": [1, 2, 3]}, "3 vision tokens, expected a multiple of 4"),
         ({"fields": "[vision]", "vision": [1, 2, 3, 8448]}, "id 8448 is outside the vision vocabulary"),
         ({"fields": "action", "action": 5}, "expected a list of ids"),
@@ -92,6 +101,21 @@ def test_joined_text_fields_and_explicit_bos_eos(tok):
 def test_bad_rows_name_the_field(tok, row, message):
     with pytest.raises(RowError, match=message):
         SequenceBuilder(tok, CONFIG)(row)
+
+
+def test_ids_as_lapa_writes_them_are_read_exactly(tok):
+    row = {"fields": "delta", "delta": ["3", 0, 7.0, " 1"]}  # LAPA writes strings; 7.0 is integral
+    ex = SequenceBuilder(tok, CONFIG)(row)
+    assert ex.ids[ex.modality == 2].tolist() == [3, 0, 7, 1]
+
+
+def test_rows_that_are_not_objects_and_codes_beyond_the_codebook(tok):
+    for row in (5, None, "a string", [1, 2]):
+        with pytest.raises(RowError, match="expected a JSON object"):
+            SequenceBuilder(tok, CONFIG)(row)
+    small_codebook = dataclasses.replace(CONFIG, vision_codes=64)
+    with pytest.raises(RowError, match=r"id 64 is not an image code \(the VQGAN's codes are 0..63"):
+        SequenceBuilder(tok, small_codebook)({"fields": "[vision]", "vision": [1, 2, 3, 64]})
 
 
 def test_a_vision_vocabulary_without_the_end_of_vision_id_is_an_error(tok):

@@ -74,6 +74,18 @@ def test_errors_name_the_file_and_line(builder, tmp_path):
     write_latent_jsonl(tmp_path / "ok.jsonl", 1)
     with pytest.raises(RowError, match=r"ok.jsonl:1: \d+ tokens do not fit max_length 20"):
         load_examples([tmp_path / "ok.jsonl"], builder, 20)
+    for k, (line, message) in enumerate(
+        [
+            (b"5", "expected a JSON object, got int"),
+            (b"null", "expected a JSON object, got NoneType"),
+            (b'"text"', "expected a JSON object, got str"),
+            (b'{"fields": "delta", "delta": ["\xff"]}', "not UTF-8 text"),
+        ]
+    ):
+        path = tmp_path / f"bad{k}.jsonl"
+        path.write_bytes(lines[0].encode() + b"\n" + line + b"\n")
+        with pytest.raises(RowError, match=rf"bad{k}.jsonl:2: {message}"):
+            load_examples([path], builder, 96)
 
 
 def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path):
@@ -117,6 +129,17 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
         load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
     kept = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, vision_encoder=encoder)
     assert len(kept.examples) == 2 and "rows.jsonl:3: cannot read image" in kept.skipped[0]
+    (tmp_path / "inner").mkdir()
+    escaping = vqgan_encoder(tmp_path / "vqgan", None, augment=False, seed=0, image_root=tmp_path / "inner")
+    with pytest.raises(RowError, match=r"rows.jsonl:1: image path '../0.png' lies outside the image root"):
+        load_examples(
+            [tmp_path / "rows.jsonl"],
+            builder,
+            200,
+            vision_encoder=lambda rows, where: escaping(
+                [{**r, "image": "../" + r["image"]} for r in rows], where
+            ),
+        )
 
     # with the training augmentation, image rows get a new draw every epoch (and the same draw on a rerun)
     augmenting = vqgan_encoder(tmp_path / "vqgan", None, augment=True, seed=0, image_root=tmp_path)

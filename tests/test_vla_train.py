@@ -127,3 +127,23 @@ def test_finetuning_from_lapa_checkpoint_adds_and_trains_the_action_head(tmp_pat
     assert losses[150] < 0.5 * losses[10]
     assert last["eval_accuracy_action"] > 0.9  # chance is 1/32
     assert last["eval_action_mae"] < 0.01  # bin centres: a right bin is exact, a wrong one costs >= 1/32
+
+
+def test_action_ids_the_bins_cannot_decode_and_a_short_bins_csv_are_errors(tmp_path, sp_model):
+    write_instruction_action_jsonl(tmp_path / "train.jsonl", 16, bins=32)
+    settings = {"data.train": str(tmp_path / "train.jsonl"), "data.action_bins": str(tmp_path / "bins.csv")}
+    config = _config(tmp_path, sp_model, preset="debug_finetune", **settings)
+    uniform_bins_csv(tmp_path / "bins.csv", bins=32, dims=6)  # 6 rows of edges for 7-D actions
+    with pytest.raises(ValueError, match=r"bins.csv: 6 rows of bin edges, but actions have 7 dimensions"):
+        vla_train.train(config)
+    uniform_bins_csv(tmp_path / "bins.csv", bins=16)  # ids up to 31 in the rows
+    with pytest.raises(
+        ValueError, match=r"train.jsonl:\d+: field 'action': dimension \d has id \d+ but its bins are 0..15"
+    ):
+        vla_train.train(config)
+    edges = (
+        [",".join(map(str, range(33)))] + [",".join(str(e / 32) for e in range(33))] * 6 + ["-0.5,0.5,1.5"]
+    )
+    (tmp_path / "bins.csv").write_text("\n".join(edges) + "\n")  # a two-bin gripper: ids 0 and 1 only
+    with pytest.raises(ValueError, match=r"field 'action': dimension 6 has id \d+ but its bins are 0..1"):
+        vla_train.train(config)
