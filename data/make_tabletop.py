@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_pretraining.core.files import stale_siblings
 from latent_pretraining.prompts import LAPA_QUESTION
 from sim.env import EnvConfig, TabletopEnv
 from sim.expert import ScriptedExpert
@@ -122,6 +123,7 @@ def make_dataset(
     if num_episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {num_episodes}")
     out = out.resolve()
+    _clean_after_killed_runs(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -211,6 +213,18 @@ def make_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _clean_after_killed_runs(out: Path) -> None:
+    """Removes a killed run's half-written copy; puts back an old dataset that a run killed
+    mid-replacement had moved aside (``--overwrite``), or removes it if the new one landed."""
+    for tmp in stale_siblings(out, "tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in stale_siblings(out, "old"):
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(out)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_pretraining.core.files import resolve_under
 from latent_pretraining.training.data import BatchStream
 from latent_pretraining.vqgan.images import load_image
 from latent_pretraining.vqgan.sources import IMAGE_SUFFIXES
@@ -378,9 +379,10 @@ class _Row:
 
 def jsonl_frames(path: str | Path, fps: float | None = None, check_files: bool = True) -> list[Episode]:
     """LAPA-style JSONL, one row per frame: ``image`` (path; relative paths are resolved against
-    the JSONL's folder), optional ``episode_id`` (default: the image's parent folder), ``t``
-    (default: order of appearance in its episode), ``instruction`` and ``raw_actions`` or
-    ``action`` (floats; ``raw_actions`` wins, since LAPA's finetune rows put bin ids in ``action``).
+    the JSONL's folder and may not leave it), optional ``episode_id`` (default: the image's
+    parent folder), ``t`` (default: order of appearance in its episode), ``instruction`` and
+    ``raw_actions`` or ``action`` (floats; ``raw_actions`` wins, since LAPA's finetune rows
+    put bin ids in ``action``).
 
     Rows are grouped by episode and ordered by t; frame k of an episode is its k-th smallest t.
     The instruction is the first non-empty one in that order. Actions must be given on every
@@ -390,19 +392,21 @@ def jsonl_frames(path: str | Path, fps: float | None = None, check_files: bool =
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file {path} does not exist")
     groups: dict[str, list[_Row]] = {}
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                episode_id, row = _parse_row(line, f"{path}:{line_no}", path.parent, line_no, check_files)
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if raw.strip():
+                episode_id, row = _parse_row(raw, f"{path}:{line_no}", path.parent, line_no, check_files)
                 groups.setdefault(episode_id, []).append(row)
     if not groups:
         raise ValueError(f"{path} has no rows")
     return [_jsonl_episode(path, episode_id, rows, fps) for episode_id, rows in groups.items()]
 
 
-def _parse_row(line: str, where: str, base: Path, line_no: int, check_files: bool) -> tuple[str, _Row]:
+def _parse_row(raw: bytes, where: str, base: Path, line_no: int, check_files: bool) -> tuple[str, _Row]:
     try:
-        row = json.loads(line)
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not valid JSON: {e}") from e
     if not isinstance(row, dict):
@@ -410,7 +414,7 @@ def _parse_row(line: str, where: str, base: Path, line_no: int, check_files: boo
     image = row.get("image")
     if not isinstance(image, str) or not image:
         raise ValueError(f"{where}: field 'image': expected a path string, got {image!r}")
-    image_path = Path(image) if Path(image).is_absolute() else base / image
+    image_path = resolve_under(image, base, where, explicit_root=False)
     if check_files and not image_path.is_file():
         raise FileNotFoundError(f"{where}: field 'image': image {image_path} does not exist")
     episode_id = row.get("episode_id", str(image_path.parent))

@@ -118,6 +118,8 @@ def evaluate(
     num_videos: int = 3,
 ) -> dict:
     """Runs ``episodes_per_task`` episodes of every task kind; returns (and writes) the summary."""
+    if episodes_per_task < 1 or not tasks:
+        raise ValueError(f"need at least one episode of one task, got {episodes_per_task} x {list(tasks)}")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -187,7 +189,9 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0, help="expert action noise")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--videos", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes} (a rate of no episodes is no result)")
     env = TabletopEnv(EnvConfig(image_size=args.image_size))
     policy = {
         "expert": lambda: ExpertPolicy(env, args.noise, args.seed),
@@ -195,6 +199,8 @@ def main() -> None:
         "noop": NoOpPolicy,
     }[args.policy]()
     tasks = tuple(t for t in args.tasks.split(",") if t)
+    if not tasks or set(tasks) - set(TASK_KINDS):
+        parser.error(f"--tasks {args.tasks!r}: choose one or more of {','.join(TASK_KINDS)}")
     summary = evaluate(policy, env, args.episodes, tasks, args.seed, args.out, args.videos)
     print(format_summary(summary))
     if args.out is not None:

@@ -43,3 +43,18 @@ def test_evaluation_seeds_are_fixed():
     b = evaluate(RandomPolicy(seed=3), env, episodes_per_task=2, tasks=("reach",))
     assert [e["instruction"] for e in a["episodes"]] == [e["instruction"] for e in b["episodes"]]
     assert a["overall"] == b["overall"]
+
+
+def test_no_episodes_or_unknown_tasks_are_refused(capsys):
+    from sim.evaluate import main
+
+    for argv, message in (
+        (["--episodes", "0"], "--episodes must be >= 1"),
+        (["--tasks", ","], "--tasks ','"),
+        (["--tasks", "fly"], "--tasks 'fly'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least one episode"):
+        evaluate(NoOpPolicy(), TabletopEnv(EnvConfig(image_size=32)), 0)

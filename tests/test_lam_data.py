@@ -174,6 +174,18 @@ def test_jsonl_not_json_and_partial_actions(tmp_path):
         jsonl_frames(path)
 
 
+def test_jsonl_image_paths_stay_in_the_dataset_and_bytes_must_be_utf8(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_png(tmp_path / "outside.png", 1)
+    path = tmp_path / "data" / "frames.jsonl"
+    path.write_text('{"image": "../outside.png"}\n')
+    with pytest.raises(ValueError, match=r"frames\.jsonl:1: image path '../outside.png' lies outside"):
+        jsonl_frames(path)
+    path.write_bytes(b'{"image": "a\xff.png"}\n')
+    with pytest.raises(ValueError, match=r"frames\.jsonl:1: not UTF-8 text"):
+        jsonl_frames(path)
+
+
 def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
     import av
 

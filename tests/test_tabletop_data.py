@@ -127,3 +127,27 @@ def test_format_errors(tmp_path):
         make_dataset(tmp_path / "x", 1, EnvConfig(), formats=("videos", "mp4"))
     with pytest.raises(ValueError, match="points at the video frames"):
         make_dataset(tmp_path / "x", 1, EnvConfig(), formats=("finetune",))
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_killed_runs_leftovers_are_cleaned_or_put_back(tmp_path):
+    """kill -9 skips the cleanup: the next run removes the dead run's temporary copy, and puts
+    back an old dataset that a killed --overwrite had moved aside before the new one landed."""
+    dead = _dead_pid()
+    stale = tmp_path / f".ds.tmp-{dead}"
+    (stale / "videos").mkdir(parents=True)
+    (stale / "videos" / "frames.jsonl").write_text("{}\n")
+    moved_aside = tmp_path / f".ds.old-{dead}"
+    moved_aside.mkdir()
+    (moved_aside / "summary.json").write_text('{"episodes": 7}')
+    with pytest.raises(FileExistsError, match="--overwrite"):  # the old dataset is back, and kept
+        make_dataset(tmp_path / "ds", 1, EnvConfig(image_size=32), formats=("videos",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert json.loads((tmp_path / "ds" / "summary.json").read_text()) == {"episodes": 7}

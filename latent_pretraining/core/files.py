@@ -74,3 +74,24 @@ def resolve_under(path_text: str, root: Path | None, where: str, explicit_root: 
     if joined != base and base not in joined.parents:
         raise ValueError(f"{where}: image path {path_text!r} lies outside the image root {base}")
     return joined
+
+
+def stale_siblings(path: Path, tag: str) -> list[Path]:
+    """Leftovers ``.<name>.<tag>-<pid>`` beside ``path`` whose process is gone (a killed run's
+    temporary or backup copies; a live process's are left alone)."""
+    out = []
+    for sibling in Path(path).parent.glob(f".{Path(path).name}.{tag}-*"):
+        pid = sibling.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            out.append(sibling)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
