@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import stale_siblings
 from latent_pretraining.prompts import LAPA_QUESTION
 from sim.env import EnvConfig, TabletopEnv
@@ -255,16 +256,17 @@ def main() -> None:
     bad = set(tasks) - set(TASK_KINDS)
     if bad:
         parser.error(f"unknown task kinds {sorted(bad)}; choose from {TASK_KINDS}")
-    summary = make_dataset(
-        args.out,
-        args.episodes,
-        config,
-        args.seed,
-        tasks,
-        args.noise,
-        tuple(f for f in args.formats.split(",") if f),
-        args.overwrite,
-    )
+    with exit_on():
+        summary = make_dataset(
+            args.out,
+            args.episodes,
+            config,
+            args.seed,
+            tasks,
+            args.noise,
+            tuple(f for f in args.formats.split(",") if f),
+            args.overwrite,
+        )
     print(
         f"wrote {args.out}: {summary['episodes']} episodes, {summary['frames']} frames, "
         f"expert success {summary['expert_success_rate']:.1%}, {summary['finetune_rows']} finetune rows, "
