@@ -49,12 +49,64 @@ class _StorageType:
             raise TorchCheckpointError(f"unsupported storage type torch.{name}")
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    if not size:
-        return storage[offset].copy()
-    itemsize = storage.dtype.itemsize
+class _Storage:
+    """One storage file: its raw bytes and the element count and dtype the pickle declares."""
+
+    def __init__(self, key: str, raw: bytes, dtype: np.dtype, numel: int):
+        self.key, self.raw, self.dtype, self.numel = key, raw, dtype, numel
+
+
+class _TensorRecord:
+    """A ``_rebuild_tensor_v2`` call, kept until the tensor's state_dict key is known."""
+
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> _TensorRecord:
+    return _TensorRecord(storage, offset, size, stride)
+
+
+def _extent_problem(record: _TensorRecord) -> str | None:
+    """Why the tensor does not lie within its storage, or None; a tensor outside it would read
+    memory that is not the checkpoint's."""
+    storage, offset, size, stride = record.storage, record.offset, record.size, record.stride
+    if not isinstance(storage, _Storage):
+        return f"its storage is a {type(storage).__name__}"
+    if not (
+        isinstance(size, tuple | list)
+        and isinstance(stride, tuple | list)
+        and all(isinstance(v, int) for v in (offset, storage.numel, *size, *stride))
+    ):
+        return f"not integers: offset {offset!r}, size {size!r}, stride {stride!r}, numel {storage.numel!r}"
+    if len(storage.raw) != storage.numel * storage.dtype.itemsize:
+        return (
+            f"storage {storage.key} has {len(storage.raw)} bytes, but the checkpoint declares "
+            f"{storage.numel} x {storage.dtype} ({storage.numel * storage.dtype.itemsize} bytes)"
+        )
+    if len(size) != len(stride):
+        return f"{len(size)} sizes but {len(stride)} strides"
+    if offset < 0 or any(s < 0 for s in stride) or any(n < 0 for n in size):
+        return f"negative offset, size or stride (offset {offset}, size {size}, stride {stride})"
+    if 0 in size:
+        return None if offset <= storage.numel else f"offset {offset} past storage {storage.key}"
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= storage.numel:
+        return (
+            f"size {size}, stride {stride} and offset {offset} read elements up to {last} of storage "
+            f"{storage.key}, which holds {storage.numel}"
+        )
+    return None
+
+
+def _materialise(record: _TensorRecord) -> np.ndarray:
+    """The tensor's elements, copied out of its storage (checked by ``_extent_problem``)."""
+    data = np.frombuffer(record.storage.raw, dtype=record.storage.dtype.newbyteorder("<"))
+    if not record.size:
+        return data[record.offset].copy()
+    itemsize = data.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+        data[record.offset :], shape=tuple(record.size), strides=tuple(s * itemsize for s in record.stride)
     )
     return np.ascontiguousarray(view)
 
@@ -72,7 +124,7 @@ def load_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
         if len(pickles) != 1:
             raise TorchCheckpointError(f"{path}: expected one data.pkl, found {pickles}")
         root = pickles[0][: -len("data.pkl")]
-        storages: dict[str, np.ndarray] = {}
+        storages: dict[str, _Storage] = {}
 
         class Unpickler(pickle.Unpickler):
             def find_class(self, module: str, name: str) -> Any:
@@ -84,17 +136,24 @@ def load_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
                     return _StorageType(name)
                 raise TorchCheckpointError(f"{path}: unsupported object {module}.{name} in the checkpoint")
 
-            def persistent_load(self, pid: Any) -> np.ndarray:
+            def persistent_load(self, pid: Any) -> _Storage:
                 if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
                     raise TorchCheckpointError(f"{path}: unsupported persistent id {pid!r}")
-                _, storage_type, key, _location, _numel = pid
+                _, storage_type, key, _location, numel = pid
                 if key not in storages:
                     raw = archive.read(f"{root}data/{key}")
-                    storages[key] = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"))
+                    storages[key] = _Storage(key, raw, storage_type.dtype, numel)
                 return storages[key]
 
         with archive.open(pickles[0]) as f:
             state = Unpickler(f).load()
     if not isinstance(state, dict):
         raise TorchCheckpointError(f"{path}: expected a state_dict, got {type(state).__name__}")
-    return OrderedDict((k, v) for k, v in state.items())
+    tensors: OrderedDict[str, np.ndarray] = OrderedDict()
+    for key, record in state.items():
+        if not isinstance(record, _TensorRecord):
+            raise TorchCheckpointError(f"{path}: {key} is a {type(record).__name__}, not a plain tensor")
+        if problem := _extent_problem(record):
+            raise TorchCheckpointError(f"{path}: tensor {key}: {problem}")
+        tensors[key] = _materialise(record)
+    return tensors

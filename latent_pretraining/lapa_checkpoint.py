@@ -9,9 +9,10 @@ Reading streams tensor by tensor onto the target sharding.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from latent_pretraining.model import VLAModel
+from latent_pretraining.model import VOCABS, VLAModel
 from latent_pretraining.sharding import make_mesh, state_shardings
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,16 @@ _BLOCK = {
     ("feed_forward", "w3", "kernel"): "w_up",
 }
 _TOP_LEVEL_INV = {v: k for k, v in _TOP_LEVEL.items()}
-# parameters a checkpoint may lack: a vocabulary added for finetuning (e.g. actions)
-_OPTIONAL = frozenset(
-    f"{vocab}_{part}" for vocab in ("text", "vision", "latent", "action") for part in ("embed", "head")
-)
+# vocabularies a checkpoint may lack, then initialised when asked: LWM has neither, a
+# latent-pretrained LAPA model has no action table and head
+INITIALISABLE_VOCABS = ("latent", "action")
+# our vocabulary table/head name -> its vocabulary
+_VOCAB_OF = {f"{vocab}_{part}": vocab for vocab in VOCABS for part in ("embed", "head")}
+# msgpack errors (ExtraData, FormatError, StackError and UnicodeDecodeError are ValueErrors;
+# TypeError: an unhashable map key)
+_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+# record headers are a pair and a key path of a few names: a corrupt length must not allocate its claim
+_MAX_HEADER_ITEMS = 1024
 # msgpack's bin32 length limit: no single record can be larger
 MAX_RECORD_BYTES = 2**32 - 1
 _BLOCK_INV = {v: k for k, v in _BLOCK.items()}
@@ -79,15 +86,31 @@ def _strip(path: str | os.PathLike) -> Path:
 
 
 def decode_array(value: bytes, where: str) -> np.ndarray:
-    """Decodes ``flax.serialization.to_bytes(ndarray)`` without flax."""
+    """Decodes ``flax.serialization.to_bytes(ndarray)`` without flax; anything else, including
+    damaged bytes, is a ``CheckpointFormatError`` naming ``where``."""
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code != _NDARRAY_EXT:
             raise CheckpointFormatError(f"{where}: unsupported msgpack ext type {code}")
-        shape, dtype, buffer = msgpack.unpackb(data, raw=False)
-        return np.frombuffer(buffer, dtype=jnp.dtype(dtype)).reshape(shape)
+        shape, dtype_name, buffer = msgpack.unpackb(data, raw=False)
+        if not (
+            isinstance(shape, list)
+            and all(type(n) is int and n >= 0 for n in shape)
+            and isinstance(dtype_name, str)
+            and isinstance(buffer, bytes)
+        ):
+            raise CheckpointFormatError(f"{where}: not an ndarray header [shape, dtype name, bytes]")
+        dtype = jnp.dtype(dtype_name)
+        if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+            raise CheckpointFormatError(f"{where}: dtype {dtype_name} is not numeric")
+        return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
-    array = msgpack.unpackb(value, ext_hook=ext_hook, raw=False)
+    try:
+        array = msgpack.unpackb(value, ext_hook=ext_hook, raw=False)
+    except CheckpointFormatError:
+        raise
+    except _MSGPACK_ERRORS as e:
+        raise CheckpointFormatError(f"{where}: not a serialised array ({type(e).__name__}: {e})") from None
     if not isinstance(array, np.ndarray):
         raise CheckpointFormatError(f"{where}: expected an array, got {type(array).__name__}")
     return array
@@ -106,12 +129,36 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[tuple[str, ...], np.
     size = os.path.getsize(file_path)
     key: tuple[str, ...] = ()
     with open(file_path, "rb") as f:
-        unpacker = msgpack.Unpacker(f, read_size=1 << 24, max_buffer_size=0, raw=False)
-        for index, record in enumerate(unpacker):
-            if not (isinstance(record, (list, tuple)) and len(record) == 2):
-                raise CheckpointFormatError(f"{file_path}: record {index} is not a (key, value) pair")
+        unpacker = msgpack.Unpacker(
+            f,
+            read_size=1 << 24,
+            max_buffer_size=0,
+            raw=False,
+            max_array_len=_MAX_HEADER_ITEMS,
+            max_map_len=_MAX_HEADER_ITEMS,
+        )
+        for index in itertools.count():
+            try:
+                record = next(unpacker)
+            except StopIteration:
+                break
+            except _MSGPACK_ERRORS as e:
+                raise CheckpointFormatError(
+                    f"{file_path}: record {index} is corrupt ({type(e).__name__}: {e}; "
+                    f"last complete record: {'/'.join(key) or 'none'})"
+                ) from None
+            if not (
+                isinstance(record, list | tuple)
+                and len(record) == 2
+                and isinstance(record[0], list | tuple)
+                and all(isinstance(k, str | int) for k in record[0])
+                and isinstance(record[1], bytes)
+            ):
+                raise CheckpointFormatError(
+                    f"{file_path}: record {index} is not a (key path, array bytes) pair"
+                )
             key = tuple(str(k) for k in record[0])
-            yield key, decode_array(record[1], f"{file_path}: {'/'.join(key)}")
+            yield key, decode_array(record[1], f"{file_path}: record {index} ({'/'.join(key)})")
         if unpacker.tell() != size:  # msgpack stops quietly at a cut-off record
             last = "/".join(key) or "none"
             raise CheckpointFormatError(
@@ -126,9 +173,23 @@ def _map_key(key: tuple[str, ...], where: str) -> tuple[str, int | None]:
         return _TOP_LEVEL[key], None
     if key[:2] == ("transformer", "h") and len(key) > 3:
         layer, rest = key[2], key[3:]
-        if rest in _BLOCK and (layer == "scan_decoder" or layer.isdigit()):
+        if rest in _BLOCK and (layer == "scan_decoder" or layer.isdecimal()):
             return _BLOCK[rest], (None if layer == "scan_decoder" else int(layer))
     raise CheckpointFormatError(f"{where}: unknown parameter {'/'.join(key)}")
+
+
+def _lapa_key(path: tuple[Any, ...], scanned: bool) -> tuple[str, ...]:
+    """Our parameter path -> LAPA's key in the model's layout."""
+    name = path[-1]
+    if path[0] != "layers":
+        return _TOP_LEVEL_INV[name]
+    layer = "scan_decoder" if scanned else str(path[1])
+    return ("transformer", "h", layer, *_BLOCK_INV[name])
+
+
+def _names(paths: Sequence[tuple[Any, ...]], scanned: bool) -> str:
+    """Our parameter names, each with LAPA's key."""
+    return ", ".join(f"{'/'.join(map(str, p))} ({'/'.join(_lapa_key(p, scanned))})" for p in paths)
 
 
 def _target_path(model_name: str, layer: int | None, scanned: bool) -> tuple[Any, ...]:
@@ -147,13 +208,23 @@ def load_lapa_params(
     cfg: ml_collections.ConfigDict,
     mesh: Mesh | None = None,
     seed: int = 0,
+    initialise_missing: Sequence[str] = (),
 ) -> VLAModel:
     """Builds a ``VLAModel`` from a LAPA/LWM ``params::`` file.
 
-    Tensors stream one at a time onto their target sharding. Parameters the
-    file lacks are initialised with the model's own initialiser (and logged);
-    unknown names and shape mismatches raise ``CheckpointFormatError``.
+    Tensors stream one at a time onto their target sharding. The file must hold every
+    parameter, except the tables and heads of the vocabularies in ``initialise_missing``
+    ("latent", "action": what LWM or a latent-pretrained checkpoint lacks), which, when
+    absent, get the model's own initialiser (and a warning). A missing parameter (a file
+    cut short loses the tables that sort last), unknown names, shape mismatches and damaged
+    records raise ``CheckpointFormatError``.
     """
+    for vocab in initialise_missing:
+        if vocab not in INITIALISABLE_VOCABS:
+            raise ValueError(
+                f"initialise_missing: {vocab!r} is not a vocabulary a checkpoint may lack "
+                f"(only {', '.join(map(repr, INITIALISABLE_VOCABS))})"
+            )
     file_path = _strip(path)
     mesh = make_mesh("1,-1,1,1") if mesh is None else mesh
     scanned = bool(cfg.scan_layers)
@@ -207,12 +278,19 @@ def load_lapa_params(
         }
         raise CheckpointFormatError(f"{file_path}: layers missing for {incomplete}")
     missing = [p for p in targets if p not in loaded]
-    not_optional = [p for p in missing if p[-1] not in _OPTIONAL]
-    if not_optional:
-        names = ", ".join("/".join(map(str, p)) for p in not_optional)
+    required = [p for p in missing if _VOCAB_OF.get(p[-1]) not in INITIALISABLE_VOCABS]
+    if required:
         raise CheckpointFormatError(
-            f"{file_path}: missing parameters {names}; only vocabulary tables and "
-            "heads may be absent (they are then initialised)"
+            f"{file_path}: missing parameters {_names(required, scanned)}; the file is incomplete "
+            f"(only the {' and '.join(INITIALISABLE_VOCABS)} tables and heads may be absent)"
+        )
+    not_asked = [p for p in missing if _VOCAB_OF[p[-1]] not in initialise_missing]
+    if not_asked:
+        vocabs = tuple(v for v in INITIALISABLE_VOCABS if any(_VOCAB_OF[p[-1]] == v for p in not_asked))
+        raise CheckpointFormatError(
+            f"{file_path}: no {' or '.join(vocabs)} table or head ({_names(not_asked, scanned)}); "
+            f"to initialise them, pass initialise_missing={vocabs!r} "
+            f"(training: --config.init_new_vocabs={','.join(vocabs)})"
         )
     if missing:
         log.warning(
@@ -251,13 +329,7 @@ def _init_subset(
 def _lapa_items(model: VLAModel) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
     scanned = bool(model.config.scan_layers)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = path[-1]
-        if path[0] != "layers":
-            yield _TOP_LEVEL_INV[name], var.get_value()
-        elif scanned:
-            yield ("transformer", "h", "scan_decoder", *_BLOCK_INV[name]), var.get_value()
-        else:
-            yield ("transformer", "h", str(path[1]), *_BLOCK_INV[name]), var.get_value()
+        yield _lapa_key(path, scanned), var.get_value()
 
 
 def save_lapa_params(model: VLAModel, path: str | os.PathLike, float_dtype: str | None = "bf16") -> None:

@@ -187,7 +187,10 @@ def _initialise(state: TrainState, config, mesh) -> TrainState:
     if not config.init:
         return state
     if config.init.startswith("params::"):
-        model = load_lapa_params(config.init, config.model, mesh=mesh, seed=config.seed)
+        new_vocabs = [v.strip() for v in config.init_new_vocabs.split(",") if v.strip()]
+        model = load_lapa_params(
+            config.init, config.model, mesh=mesh, seed=config.seed, initialise_missing=new_vocabs
+        )
         return {**state, "params": nnx.state(model, nnx.Param)}
     restored = Checkpointer(config.init).restore(abstract_state(state))
     if restored is None:

@@ -95,7 +95,9 @@ def test_missing_tensors_get_the_model_initialiser_and_a_log_line(tmp_path, capl
     ]
     _write(tmp_path / "latent_only", records)
     with caplog.at_level(logging.WARNING):
-        loaded = load_lapa_params(tmp_path / "latent_only", debug_config(), seed=9)
+        loaded = load_lapa_params(
+            tmp_path / "latent_only", debug_config(), seed=9, initialise_missing=("action",)
+        )
     assert "action_embed" in caplog.text and "action_head" in caplog.text
     got, kept = _params(loaded), _params(model)
     np.testing.assert_array_equal(got[("latent_embed",)], kept[("latent_embed",)])

@@ -45,6 +45,9 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.optimizer.frozen = ""  # comma-separated regexes over parameter paths, e.g. "layers/.*,text_.*"
 
     c.init = ""  # "" (from scratch) | "params::<LAPA/LWM file>" | "<run_dir>" of this trainer
+    # vocabularies (latent, action; comma-separated) whose table and head a params:: init may lack,
+    # then initialised; any other missing tensor is an error
+    c.init_new_vocabs = "latent,action"  # LAPA's latent pretraining starts from LWM, which has neither
     c.batch_size = 128  # global rows per micro-batch
     c.total_steps = 20000
     c.log_every = 10
@@ -66,6 +69,7 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
         c.batch_size, c.total_steps = 256, 70000
     if preset in ("finetune", "debug_finetune"):
         c.loss.text, c.loss.latent, c.loss.action = 0.0, 0.0, 1.0
+        c.init_new_vocabs = "action"  # a latent-pretrained LAPA checkpoint has no action table or head
         if not debug:
             c.mesh, c.batch_size, c.total_steps = "!-1,4,1,1", 128, 2000
     if debug:

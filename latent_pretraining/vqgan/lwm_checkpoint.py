@@ -41,6 +41,60 @@ class VQGANCheckpointError(ValueError):
     """A ``vqgan`` file that does not match the model."""
 
 
+# all an LWM ``vqgan`` pickle may name: dicts of numpy arrays (numpy 1 and 2 module names); anything
+# else could run code while unpickling
+_PICKLE_GLOBALS = frozenset(
+    {
+        ("builtins", "dict"),
+        ("collections", "OrderedDict"),
+        ("flax.core.frozen_dict", "FrozenDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *(
+            (f"{core}.multiarray", name)
+            for core in ("numpy.core", "numpy._core")
+            for name in ("_reconstruct", "scalar")
+        ),
+        *((f"{core}.numeric", "_frombuffer") for core in ("numpy.core", "numpy._core")),  # protocol 5
+    }
+)
+# what the unpickler raises on a truncated or garbled stream
+_DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
+class _ParamsUnpickler(pickle.Unpickler):
+    """Unpickles only what ``_PICKLE_GLOBALS`` admits."""
+
+    def __init__(self, file: Any, path: str | os.PathLike):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise VQGANCheckpointError(
+                f"{self.path}: refused to unpickle {module}.{name} "
+                "(an LWM vqgan file holds only dicts of numpy arrays)"
+            )
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: str | os.PathLike) -> Any:
+    """The unpickled file, through ``_ParamsUnpickler``; a damaged file is a ``VQGANCheckpointError``."""
+    with open(path, "rb") as f:
+        try:
+            return _ParamsUnpickler(f, path).load()
+        except VQGANCheckpointError:
+            raise
+        except _DAMAGED as e:
+            raise VQGANCheckpointError(
+                f"{path}: truncated or not a pickle ({type(e).__name__}: {e})"
+            ) from None
+        except MemoryError:  # a corrupt length: the unpickler allocates what it claims before reading
+            raise VQGANCheckpointError(
+                f"{path}: truncated or not a pickle (a length in it asks for more memory than there is)"
+            ) from None
+
+
 def lwm_path(path: tuple[Any, ...]) -> str:
     """Our parameter path -> LWM's 'a/b/c' key."""
     parts: list[str] = []
@@ -65,8 +119,7 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
 
 def load_lwm_vqgan(path: str | os.PathLike, cfg: ml_collections.ConfigDict) -> VQGAN:
     """Builds a VQGAN from an LWM ``vqgan`` pickle (its inner params dict, or ``{'params': ...}``)."""
-    with open(path, "rb") as f:
-        tree = pickle.load(f)
+    tree = _load_pickle(path)
     if not isinstance(tree, Mapping):
         raise VQGANCheckpointError(f"{path}: expected a pickled params dict, got {type(tree).__name__}")
     if set(tree) == {"params"}:
