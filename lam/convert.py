@@ -22,6 +22,7 @@ from flax import nnx
 
 from lam.model import LatentActionModel, get_lam_config
 from lam.torch_checkpoint import load_state_dict
+from latent_pretraining.core.cli import exit_on
 
 _TRANSFORMERS = {
     "enc_spatial_transformer": "enc_spatial",
@@ -174,8 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--code_seq_len", type=int, default=4)
     args = parser.parse_args(argv)
-    model = load_lapa_laq(args.checkpoint, args.image_size, args.code_seq_len)
-    save_lam(model, args.out)
+    with exit_on():
+        model = load_lapa_laq(args.checkpoint, args.image_size, args.code_seq_len)
+        save_lam(model, args.out)
     print(f"converted {args.checkpoint} -> {args.out}")
 
 

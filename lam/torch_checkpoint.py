@@ -133,20 +133,43 @@ def load_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
                 if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
                     return _rebuild_tensor
                 if module == "torch" and name.endswith("Storage"):
-                    return _StorageType(name)
+                    try:
+                        return _StorageType(name)
+                    except TorchCheckpointError as e:
+                        raise TorchCheckpointError(f"{path}: {e}") from None
                 raise TorchCheckpointError(f"{path}: unsupported object {module}.{name} in the checkpoint")
 
             def persistent_load(self, pid: Any) -> _Storage:
-                if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+                if not (
+                    isinstance(pid, tuple)
+                    and len(pid) == 5
+                    and pid[0] == "storage"
+                    and isinstance(pid[1], _StorageType)
+                ):
                     raise TorchCheckpointError(f"{path}: unsupported persistent id {pid!r}")
                 _, storage_type, key, _location, numel = pid
                 if key not in storages:
-                    raw = archive.read(f"{root}data/{key}")
-                    storages[key] = _Storage(key, raw, storage_type.dtype, numel)
+                    member = f"{root}data/{key}"
+                    if member not in names:
+                        raise TorchCheckpointError(f"{path}: storage {key} is missing ({member})")
+                    storages[key] = _Storage(key, archive.read(member), storage_type.dtype, numel)
                 return storages[key]
 
-        with archive.open(pickles[0]) as f:
-            state = Unpickler(f).load()
+        names = set(archive.namelist())
+        try:
+            with archive.open(pickles[0]) as f:
+                state = Unpickler(f).load()
+        except TorchCheckpointError:
+            raise
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            zipfile.BadZipFile,
+            ValueError,
+            TypeError,
+            AttributeError,
+        ) as e:
+            raise TorchCheckpointError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict):
         raise TorchCheckpointError(f"{path}: expected a state_dict, got {type(state).__name__}")
     tensors: OrderedDict[str, np.ndarray] = OrderedDict()

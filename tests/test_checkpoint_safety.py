@@ -195,6 +195,44 @@ def test_torch_tensor_outside_its_storage_is_refused_naming_it(tmp_path, offset,
         load_state_dict(path)
 
 
+def test_torch_zip_damage_is_an_error_naming_the_file(tmp_path):
+    """A missing storage member, a corrupted member (bad CRC), a cut pickle and an unknown
+    storage type end in TorchCheckpointError naming the file, not KeyError/BadZipFile."""
+    four = _Storage("0", 4)
+    good = tmp_path / "good.pt"
+    _write_torch_zip(good, {"w": _Tensor(four, 0, (4,), (1,))}, np.arange(4))
+    with zipfile.ZipFile(good) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+
+    def rewrite(name: str, edit) -> Path:
+        path = tmp_path / f"{name}.pt"
+        with zipfile.ZipFile(path, "w") as z:
+            for member, data in members.items():
+                if (data := edit(member, data)) is not None:
+                    z.writestr(member, data)
+        return path
+
+    cases = {
+        "no_storage": (lambda m, d: None if m.endswith("/data/0") else d, r"storage 0 is missing"),
+        "cut_pickle": (lambda m, d: d[: len(d) // 2] if m.endswith("data.pkl") else d, r"damaged checkpoint"),
+        "bad_type": (
+            lambda m, d: d.replace(b"FloatStorage", b"FancyStorage") if m.endswith("data.pkl") else d,
+            r"unsupported storage type torch.FancyStorage",
+        ),
+    }
+    for name, (edit, message) in cases.items():
+        path = rewrite(name, edit)
+        with pytest.raises(TorchCheckpointError, match=rf"{re.escape(str(path))}: .*{message}"):
+            load_state_dict(path)
+    crc = tmp_path / "crc.pt"
+    data = bytearray(good.read_bytes())
+    start = data.index(np.arange(4, dtype="<f4").tobytes())  # the stored (uncompressed) storage bytes
+    data[start] ^= 0xFF
+    crc.write_bytes(bytes(data))
+    with pytest.raises(TorchCheckpointError, match=rf"{re.escape(str(crc))}: damaged checkpoint"):
+        load_state_dict(crc)
+
+
 @pytest.fixture(scope="module")
 def short_storage_laq(tmp_path_factory) -> Path:
     """LAPA's LAQ fixture with the storage of ``vq.codebooks`` cut to half its length."""
