@@ -192,7 +192,7 @@ def _initialise(state: TrainState, config, mesh) -> TrainState:
             config.init, config.model, mesh=mesh, seed=config.seed, initialise_missing=new_vocabs
         )
         return {**state, "params": nnx.state(model, nnx.Param)}
-    restored = Checkpointer(config.init).restore(abstract_state(state))
+    restored = Checkpointer(config.init, read_only=True).restore(abstract_state(state))
     if restored is None:
         raise FileNotFoundError(f"init={config.init!r}: no checkpoint of this trainer there")
     print(f"initialised parameters from {config.init}", flush=True)

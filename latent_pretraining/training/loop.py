@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from latent_pretraining.sharding import maybe_initialize_distributed
-from latent_pretraining.training.checkpointing import Checkpointer
+from latent_pretraining.training.checkpointing import Checkpointer, saved_steps
 from latent_pretraining.training.data import BatchStream
 from latent_pretraining.training.logger import MetricsLogger
 from latent_pretraining.training.state import TrainState, abstract_state, global_batch
@@ -49,13 +49,55 @@ def config_main(train: Callable[[Any], Any], default_config: str, argv: list[str
     app.run(run, argv=argv)
 
 
+# A resume continues the checkpoint's parameters and data position, so these must match the
+# run that wrote them: the batch size (rows per step: the data position and schedule), the
+# seed (the shuffle) and the model (the parameters' shapes); others, e.g. total_steps or the
+# learning rate, may change between reruns.
+RESUME_FIELDS = ("batch_size", "seed", "model")
+# model fields that change the computation but not the parameters, so a resume may change them
+COMPUTE_ONLY_MODEL_FIELDS = frozenset({"dtype", "attention_backend", "remat_policy", "remat"})
+
+
+def _flat(tree: Any, prefix: str) -> dict[str, Any]:
+    """``{"a.b": leaf}`` for a nested JSON dict."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}").items()}
+
+
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for each of ``RESUME_FIELDS`` that differs between two configs (JSON
+    dicts). Fields only one of them has (options added or removed since) are not compared."""
+    before = {k: v for field in RESUME_FIELDS if field in old for k, v in _flat(old[field], field).items()}
+    after = {k: v for field in RESUME_FIELDS if field in new for k, v in _flat(new[field], field).items()}
+    compute_only = {f"model.{name}" for name in COMPUTE_ONLY_MODEL_FIELDS}
+    return [
+        f"{key} {before[key]!r} -> {after[key]!r}"
+        for key in sorted((before.keys() & after.keys()) - compute_only)
+        if before[key] != after[key]
+    ]
+
+
 def prepare_run(config: Any) -> Path:
     """Joins the cluster if one is described, checks that the global batch splits over the
-    hosts, and creates the run directory with the run's ``config.json``."""
+    hosts, and creates the run directory with the run's ``config.json``.
+
+    When the run directory already has checkpoints, a config that differs from its
+    ``config.json`` in ``RESUME_FIELDS`` is refused (and ``config.json`` kept): resuming
+    would silently continue another run's parameters or data position."""
     maybe_initialize_distributed()
     if config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
     run_dir = Path(config.run_dir)
+    saved = run_dir / "config.json"
+    if saved.exists() and saved_steps(run_dir):
+        conflicts = resume_conflicts(json.loads(saved.read_text()), json.loads(config.to_json()))
+        if conflicts:
+            raise ValueError(
+                f"{run_dir} has checkpoints of a run with a different config ({', '.join(conflicts)}); "
+                f"resuming would mix the two runs. Use a new --config.run_dir, or delete "
+                f"{run_dir / 'checkpoints'} to start this run over there."
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (run_dir / "config.json").write_text(config.to_json(indent=2))
@@ -78,7 +120,8 @@ def logger_for(config: Any, run_dir: Path) -> MetricsLogger:
 
 
 def resume(checkpointer: Checkpointer, state: TrainState, data: BatchStream) -> tuple[TrainState, int]:
-    """Restores the newest checkpoint of the run (state and data position) if there is one."""
+    """Restores the newest checkpoint of the run that restores (state and data position), if any;
+    a damaged newer one is reported and moved aside (``Checkpointer.restore``)."""
     restored = checkpointer.restore(abstract_state(state))
     if restored is None:
         return state, 0
@@ -145,6 +188,7 @@ def run(
         ):
             logger.log(done, eval_fn(state, done), prefix="eval")
         checkpointer.maybe_save(done, state, data.state())
+        checkpointer.check()  # a failed background write stops the run here, not at the next save
         bar.update(1)
     bar.close()
     checkpointer.maybe_save(settings.total_steps, state, data.state(), force=True)
