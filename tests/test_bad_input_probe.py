@@ -7,8 +7,10 @@ fail the case. ``python tests/test_bad_input_probe.py`` prints the tally for BEN
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import pickle
 import re
@@ -203,6 +205,85 @@ def _raw_action(value):
     return _finetune_row(lambda r: r["conversations"][1]["raw_actions"].__setitem__(0, value))
 
 
+def _train(tmp: Path, preset: str, rows: Callable[[Path], None], edit=None, **overrides):
+    """The VLA trainer's command (``run_cli``, what ``python -m latent_pretraining.train`` runs) on
+    rows written by ``rows``, the line ``edit`` returns replacing the third."""
+    from helpers import override
+
+    from data.train_text_tokenizer import train as train_tokenizer
+    from latent_pretraining import train as vla_train
+    from latent_pretraining.configs.lapa import get_config
+    from latent_pretraining.training.loop import run_cli
+
+    corpus = ["pick up the red cube and put it on the blue ball", "push the green triangle"] * 50
+    tokenizer = train_tokenizer(corpus, tmp / "tokenizer.model", vocab_size=160)
+    rows(tmp / "train.jsonl")
+    if edit is not None:
+        lines = (tmp / "train.jsonl").read_bytes().splitlines()
+        lines[2] = edit(json.loads(lines[2]))
+        (tmp / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    config = get_config(preset)
+    settings = {
+        "data.train": str(tmp / "train.jsonl"),
+        "data.tokenizer": str(tokenizer),
+        "data.max_length": 96,
+    }
+    override(config, {**settings, "run_dir": str(tmp / "run"), "batch_size": 8, **overrides})
+    return (lambda argv: run_cli(vla_train.train, config)), []
+
+
+def _latent_rows(path: Path) -> None:
+    from helpers import write_latent_jsonl
+
+    write_latent_jsonl(path, 16)
+
+
+def _action_rows(path: Path) -> None:
+    from helpers import write_instruction_action_jsonl
+
+    write_instruction_action_jsonl(path, 16, bins=32)
+
+
+def _params_file(tmp: Path, damage: Callable[[bytes], bytes]) -> str:
+    """The debug model's LAPA ``params::`` file, damaged by ``damage``."""
+    from flax import nnx
+
+    from latent_pretraining.configs.lapa import get_config
+    from latent_pretraining.lapa_checkpoint import save_lapa_params
+    from latent_pretraining.model import VLAModel
+
+    save_lapa_params(VLAModel(get_config("debug_latent").model, rngs=nnx.Rngs(0)), tmp / "params")
+    (tmp / "params").write_bytes(damage((tmp / "params").read_bytes()))
+    return f"params::{tmp / 'params'}"
+
+
+def _cut_after_ln_f(data: bytes) -> bytes:
+    """The records up to ``ln_f``: sorted keys put wte, vte and vision_head after it."""
+    import msgpack
+
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    for record in unpacker:
+        if record[0] == ["transformer", "ln_f", "kernel"]:
+            return data[: unpacker.tell()]
+    raise AssertionError("no ln_f record")
+
+
+def _flip(data: bytes, at: int = 1) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def _latent_row(edit):
+    return lambda tmp: _train(tmp, "debug_latent", _latent_rows, edit)
+
+
+def _bins(tmp: Path, bins: int, dims: int = 7) -> str:
+    from helpers import uniform_bins_csv
+
+    uniform_bins_csv(tmp / "bins.csv", bins, dims)
+    return str(tmp / "bins.csv")
+
+
 CASES = [
     # finetune_preprocess: outputs never clobber inputs
     Case(
@@ -394,6 +475,56 @@ CASES = [
         lambda tmp: (lambda m, a: (m, [*a, "--out", str(tmp / "o.jsonl"), "--shard", "2/2"]))(*_label(tmp)),
         r"--shard '2/2'",
     ),
+    # the VLA trainer
+    Case(
+        "train: latent code 3.7",
+        _latent_row(lambda r: json.dumps({**r, "delta": [3.7, 1, 2, 3]}).encode()),
+        r"train.jsonl:3: field 'delta': ids must be integers, got 3.7",
+    ),
+    Case(
+        "train: latent code true",
+        _latent_row(lambda r: json.dumps({**r, "delta": [True, 1, 2, 3]}).encode()),
+        r"train.jsonl:3: field 'delta': ids must be integers, got True",
+    ),
+    Case(
+        "train: vision id 8193",
+        _latent_row(lambda r: json.dumps({**r, "vision": [8193] * len(r["vision"])}).encode()),
+        r"train.jsonl:3: field 'vision': id 8193 is not an image code",
+    ),
+    Case("train: row is a number", _latent_row(lambda r: b"5"), r"train.jsonl:3: expected a JSON object"),
+    Case("train: row is null", _latent_row(lambda r: b"null"), r"train.jsonl:3: expected a JSON object"),
+    Case("train: not UTF-8", _latent_row(lambda r: b'{"fields": "\xff"}'), r"train.jsonl:3: not UTF-8 text"),
+    Case(
+        "train: action id the bins cannot decode",
+        lambda tmp: _train(tmp, "debug_finetune", _action_rows, **{"data.action_bins": _bins(tmp, 16)}),
+        r"train.jsonl:\d+: field 'action': dimension \d has id \d+ but its bins are 0..15",
+    ),
+    Case(
+        "train: bins CSV with 6 rows for 7-D actions",
+        lambda tmp: _train(tmp, "debug_finetune", _action_rows, **{"data.action_bins": _bins(tmp, 32, 6)}),
+        r"bins.csv: 6 rows of bin edges, but actions have 7 dimensions",
+    ),
+    Case(
+        "train: --config.init names a missing run",
+        lambda tmp: _train(tmp, "debug_latent", _latent_rows, init=str(tmp / "no_run")),
+        r"no_run/checkpoints does not exist",
+        ("no_run",),
+    ),
+    Case(
+        "train: init from a params:: file cut after ln_f",
+        lambda tmp: _train(tmp, "debug_latent", _latent_rows, init=_params_file(tmp, _cut_after_ln_f)),
+        r"params: missing .*transformer/wte/embedding",
+    ),
+    Case(
+        "train: init from a params:: file with a flipped header byte",
+        lambda tmp: _train(tmp, "debug_latent", _latent_rows, init=_params_file(tmp, _flip)),
+        r"params: record 0",
+    ),
+    Case(
+        "train: tokenizer missing",
+        lambda tmp: _train(tmp, "debug_latent", _latent_rows, **{"data.tokenizer": str(tmp / "none.model")}),
+        r"none.model does not exist",
+    ),
     # sim.evaluate and make_tabletop
     Case("evaluate: --episodes 0", _evaluate("--episodes", "0"), r"--episodes must be >= 1"),
     Case("evaluate: unknown task", _evaluate("--tasks", "fly"), r"--tasks 'fly'"),
@@ -410,16 +541,18 @@ def _hashes(root: Path) -> dict[str, str]:
     }
 
 
-def probe(case: Case, tmp: Path, capsys=None) -> tuple[str, str]:
+def probe(case: Case, tmp: Path) -> tuple[str, str]:
     """Runs one case: ``(outcome, message)`` with outcome refused / accepted / crashed."""
     main, argv = case.build(tmp)
     before = _hashes(tmp)
+    stderr = io.StringIO()  # argparse's usage errors go there
     try:
-        main(argv)
+        with contextlib.redirect_stderr(stderr):
+            main(argv)
     except SystemExit as e:
         if e.code in (0, None):
             return "accepted", "exit 0"
-        message = e.code if isinstance(e.code, str) else (capsys.readouterr().err if capsys else "")
+        message = e.code if isinstance(e.code, str) else stderr.getvalue()
     except Exception as e:  # a traceback for the user
         return "crashed", f"{type(e).__name__}: {e}"
     else:
@@ -435,8 +568,8 @@ def probe(case: Case, tmp: Path, capsys=None) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_refused_with_a_message_naming_it(case, tmp_path, capsys):
-    outcome, message = probe(case, tmp_path, capsys)
+def test_bad_input_is_refused_with_a_message_naming_it(case, tmp_path):
+    outcome, message = probe(case, tmp_path)
     assert outcome == "refused", message
     assert re.search(case.expect, message), message
 

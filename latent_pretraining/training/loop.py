@@ -15,8 +15,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
 from latent_pretraining.sharding import maybe_initialize_distributed
-from latent_pretraining.training.checkpointing import Checkpointer, saved_steps
+from latent_pretraining.training.checkpointing import Checkpointer, CheckpointError, saved_steps
 from latent_pretraining.training.data import BatchStream
 from latent_pretraining.training.logger import MetricsLogger
 from latent_pretraining.training.state import TrainState, abstract_state, global_batch
@@ -44,9 +45,16 @@ def config_main(train: Callable[[Any], Any], default_config: str, argv: list[str
     logging.set_verbosity(logging.WARNING)
 
     def run(_) -> None:  # absl treats a return value as the exit status
-        train(flags.FLAGS.config)
+        run_cli(train, flags.FLAGS.config)
 
     app.run(run, argv=argv)
+
+
+def run_cli(train: Callable[[Any], Any], config: Any) -> Any:
+    """``train(config)`` for a command line: a bad input, option or checkpoint ends the process
+    with its one-line message (naming the file and row), not a traceback."""
+    with exit_on(*INPUT_ERRORS, CheckpointError):
+        return train(config)
 
 
 # A resume continues the checkpoint's parameters and data position, so these must match the
