@@ -17,7 +17,7 @@ feature change, :class:`MaxPoolCodeHead`) and ``difference_embedding`` (the enco
 
 Presets (``get_lam_config``): ``lapa`` (LAPA's released ``laq_openx``: 256x256, patch 32,
 dim 1024, 8+8 layers), ``small`` (64x64, patch 8, dim 128, 2+2 layers: CPU-sized, the shape of
-``../shared/fixtures/laq_torch_tiny``) and ``tiny`` (tests).
+``tests/fixtures/laq_torch_tiny``) and ``tiny`` (tests).
 """
 
 from __future__ import annotations

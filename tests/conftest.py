@@ -1,4 +1,4 @@
-"""Test set-up: 8 fake CPU devices for the sharding tests, and shared fixtures."""
+"""Test set-up: 8 fake CPU devices for the sharding tests, the parity fixtures, a tokenizer."""
 
 import os
 
@@ -13,7 +13,11 @@ import jax
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"  # written by LAPA's and LWM's own code (see their READMEs)
+# each parity fixture may be replaced by another of the same layout through its variable
+LAPA_VLA_FIXTURE = Path(os.environ.get("LAPA_VLA_FIXTURE", FIXTURES / "lapa_vla_tiny"))
+LWM_VQGAN_FIXTURE = Path(os.environ.get("LWM_VQGAN_FIXTURE", FIXTURES / "lwm_vqgan_tiny"))
+LAQ_TORCH_FIXTURE = Path(os.environ.get("LAQ_TORCH_FIXTURE", FIXTURES / "laq_torch_tiny"))
 
 
 @pytest.fixture(scope="session")

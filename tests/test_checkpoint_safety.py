@@ -21,7 +21,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, SHARED_FIXTURES
+from conftest import LAQ_TORCH_FIXTURE, LWM_VQGAN_FIXTURE, REPO_ROOT
 from helpers import debug_config, debug_model
 
 from lam.torch_checkpoint import TorchCheckpointError, load_state_dict
@@ -35,8 +35,8 @@ from latent_pretraining.lapa_checkpoint import (
 from latent_pretraining.vqgan.lwm_checkpoint import VQGANCheckpointError, load_lwm_vqgan
 from latent_pretraining.vqgan.model import get_vqgan_config
 
-VQGAN_FIXTURE = Path(os.environ.get("LWM_VQGAN_FIXTURE", SHARED_FIXTURES / "lwm_vqgan_tiny"))
-LAQ_FIXTURE = Path(os.environ.get("LAQ_TORCH_FIXTURE", SHARED_FIXTURES / "laq_torch_tiny"))
+VQGAN_FIXTURE = LWM_VQGAN_FIXTURE
+LAQ_FIXTURE = LAQ_TORCH_FIXTURE
 
 
 # --- VQGAN pickles -------------------------------------------------------------------------------

@@ -1,26 +1,23 @@
 """Parity with LAPA's own code on a checkpoint it wrote (see the fixture's README.md).
 
 The fixture directory is ``$LAPA_VLA_FIXTURE`` when set, else
-``../shared/fixtures/lapa_vla_tiny`` beside the repository.
+``tests/fixtures/lapa_vla_tiny``.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED_FIXTURES
+from conftest import LAPA_VLA_FIXTURE
 from helpers import lapa_modality
 
 from latent_pretraining.config import from_lapa_config
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.sampler import Sampler
 
-FIXTURE = Path(os.environ.get("LAPA_VLA_FIXTURE", SHARED_FIXTURES / "lapa_vla_tiny"))
+FIXTURE = LAPA_VLA_FIXTURE
 # LAPA's head names -> ours
 HEADS = {"text": "text", "vision": "vision", "delta": "latent", "action": "action"}
 

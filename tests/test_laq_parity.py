@@ -1,24 +1,21 @@
 """LAPA's PyTorch LAQ fixture converted to our model reproduces every recorded output.
 
-The fixture directory is ``$LAQ_TORCH_FIXTURE`` when set, else ``../shared/fixtures/laq_torch_tiny``.
+The fixture directory is ``$LAQ_TORCH_FIXTURE`` when set, else ``tests/fixtures/laq_torch_tiny``.
 The state_dict is read without torch, so this test needs no optional extra.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED_FIXTURES
+from conftest import LAQ_TORCH_FIXTURE
 
 from lam.checkpoint import load_lam, save_lam
 from lam.convert import infer_config, load_lapa_laq, main
 from lam.torch_checkpoint import load_state_dict
 
-FIXTURE = Path(os.environ.get("LAQ_TORCH_FIXTURE", SHARED_FIXTURES / "laq_torch_tiny"))
+FIXTURE = LAQ_TORCH_FIXTURE
 ATOL = 1e-4
 
 

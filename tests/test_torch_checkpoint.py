@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_FIXTURES
+from conftest import LAQ_TORCH_FIXTURE
 
 from lam.torch_checkpoint import TorchCheckpointError, load_state_dict
 
-FIXTURE = Path(os.environ.get("LAQ_TORCH_FIXTURE", SHARED_FIXTURES / "laq_torch_tiny"))
+FIXTURE = LAQ_TORCH_FIXTURE
 
 
 def test_every_tensor_has_the_recorded_name_shape_and_dtype():

@@ -7,7 +7,7 @@ import logging
 
 import msgpack
 import pytest
-from conftest import SHARED_FIXTURES
+from conftest import LAPA_VLA_FIXTURE
 from helpers import (
     override,
     run_killed_at_step,
@@ -22,7 +22,7 @@ from latent_pretraining.configs.lapa import get_config
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records
 from latent_pretraining.sharding import make_mesh
 
-LAPA_FIXTURE = SHARED_FIXTURES / "lapa_vla_tiny"
+LAPA_FIXTURE = LAPA_VLA_FIXTURE
 
 
 def _config(tmp_path, sp_model, preset="debug_latent", **overrides):

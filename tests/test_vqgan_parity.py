@@ -1,19 +1,17 @@
 """Parity with LWM's VQGAN on a checkpoint written by LWM/LAPA's own code (see the fixture's README).
 
-The fixture directory is ``$LWM_VQGAN_FIXTURE`` when set, else ``../shared/fixtures/lwm_vqgan_tiny``.
+The fixture directory is ``$LWM_VQGAN_FIXTURE`` when set, else ``tests/fixtures/lwm_vqgan_tiny``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED_FIXTURES
+from conftest import LWM_VQGAN_FIXTURE
 
 from latent_pretraining.vqgan.images import to_model_range
 from latent_pretraining.vqgan.lwm_checkpoint import (
@@ -24,7 +22,7 @@ from latent_pretraining.vqgan.lwm_checkpoint import (
 )
 from latent_pretraining.vqgan.model import get_vqgan_config
 
-FIXTURE = Path(os.environ.get("LWM_VQGAN_FIXTURE", SHARED_FIXTURES / "lwm_vqgan_tiny"))
+FIXTURE = LWM_VQGAN_FIXTURE
 if not FIXTURE.is_dir():
     raise FileNotFoundError(f"VQGAN parity fixture not found at {FIXTURE}; set LWM_VQGAN_FIXTURE")
 
