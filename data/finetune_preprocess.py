@@ -174,20 +174,20 @@ def add_vision(
     image_root: Path | None,
     skip_invalid: bool,
 ) -> None:
-    """Adds VQGAN codes (``vision``) to every row in place; an unreadable image is an error
-    naming the row (or, with ``skip_invalid``, a skipped and listed row)."""
-    from latent_pretraining.vla_data import vqgan_encoder
+    """Adds VQGAN codes (``vision``) to every row in place; an unreadable image is an
+    InvalidRowError naming the row (or, with ``skip_invalid``, a skipped and listed row)."""
+    from latent_pretraining.vqgan.encode import load_row_encoder
 
-    encode = vqgan_encoder(checkpoint, config, augment=False, seed=0, image_root=image_root)
-    codes = encode(out, [f"row id {r['id']}" for r in out])
+    encode = load_row_encoder(checkpoint, config, image_root)
+    codes, failures = encode(out, [f"row id {r['id']}" for r in out])
+    if failures and not skip_invalid:
+        raise InvalidRowError(str(next(iter(failures.values()))))
     keep = []
-    for row, row_codes in zip(out, codes, strict=True):
-        if isinstance(row_codes, Exception):
-            if not skip_invalid:
-                raise SystemExit(f"{row_codes}; nothing was written") from None
-            metadata["skipped_rows"].append(str(row_codes))
+    for k, row in enumerate(out):
+        if k in failures:
+            metadata["skipped_rows"].append(str(failures[k]))
             continue
-        row["vision"] = row_codes
+        row["vision"] = codes[k]
         keep.append(row)
     out[:] = keep
     metadata["rows"] = len(out)
@@ -259,14 +259,14 @@ def _run(args: argparse.Namespace) -> None:
             args.gripper_threshold,
             args.skip_invalid,
         )
+        if args.vqgan_checkpoint is not None:
+            add_vision(
+                out, metadata, args.vqgan_checkpoint, args.vqgan_config, args.image_root, args.skip_invalid
+            )
     except InvalidRowError as e:
         raise SystemExit(
             f"{args.input_path}: {e}; nothing was written (--skip_invalid skips such rows)"
         ) from None
-    if args.vqgan_checkpoint is not None:
-        add_vision(
-            out, metadata, args.vqgan_checkpoint, args.vqgan_config, args.image_root, args.skip_invalid
-        )
     write_together(
         [
             (args.output_filename, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in out))),

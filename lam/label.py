@@ -134,10 +134,11 @@ def label(
                     )
                     counts[np.arange(len(row_codes)), row_codes] += 1
                 if vqgan_encode is not None:
-                    for row, vision in zip(rows, vqgan_encode(rows, [r["image"] for r in rows]), strict=True):
-                        if isinstance(vision, Exception):
-                            raise vision
-                        row["vision"] = vision
+                    vision, failures = vqgan_encode(rows, [r["image"] for r in rows])
+                    if failures:
+                        raise next(iter(failures.values()))
+                    for k, row in enumerate(rows):
+                        row["vision"] = vision[k]
                 partial.append((json.dumps(row) + "\n" for row in rows), start + len(rows))
                 bar.update(len(rows))
         partial.finish()
@@ -192,9 +193,9 @@ def _run(args: argparse.Namespace) -> dict:
     episodes = open_episodes(args.source, args.path, **options)
     vqgan_encode = None
     if args.vqgan_checkpoint:
-        from latent_pretraining.vla_data import vqgan_encoder
+        from latent_pretraining.vqgan.encode import load_row_encoder
 
-        vqgan_encode = vqgan_encoder(args.vqgan_checkpoint, args.vqgan_config, augment=False, seed=0)
+        vqgan_encode = load_row_encoder(args.vqgan_checkpoint, args.vqgan_config)
     provenance = {
         "lam": fingerprint(export if (export := Path(args.lam) / "export").is_dir() else args.lam),
         # a folder source is identified by its path and the episodes' ids and lengths (above)

@@ -12,7 +12,6 @@ positions). Rerunning a command resumes its run directory from the newest checkp
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +35,9 @@ from latent_pretraining.training.state import (
     create_train_state,
     global_batch,
 )
-from latent_pretraining.vla_data import augmenting_refresh, batch_stream, load_examples, vqgan_encoder
-from latent_pretraining.vqgan.encode import resolve_config
+from latent_pretraining.vla_data import ImageTokens, augmenting_refresh, batch_stream, load_examples
+from latent_pretraining.vqgan.encode import load_row_encoder
+from latent_pretraining.vqgan.images import check_mode, eval_mode
 
 
 def _path_name(path: tuple) -> str:
@@ -222,6 +222,8 @@ def _action_bins(config: ml_collections.ConfigDict) -> ActionBins | None:
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if not config.data.train or not config.data.tokenizer:
         raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")
+    config.data.pp_eval = config.data.pp_eval or eval_mode(config.data.pp_train)  # recorded in config.json
+    check_mode(config.data.pp_eval)
     run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     m = config.model
@@ -231,35 +233,38 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             f"tokenizer has {tokenizer.vocab_size} tokens but model.text_vocab_size is {m.text_vocab_size}"
         )
     bins = _action_bins(config)
-    vision_codes = END_OF_FRAME
+    train_images = eval_images = None
     if config.data.vqgan_checkpoint:
-        vqgan = resolve_config(Path(config.data.vqgan_checkpoint), config.data.vqgan_config or None)
-        vision_codes = int(vqgan.num_embeddings)
+        encoder = load_row_encoder(
+            config.data.vqgan_checkpoint, config.data.vqgan_config or None, config.data.image_root or None
+        )
+        train_images = ImageTokens(encoder, config.data.pp_train, config.seed)
+        eval_images = ImageTokens(encoder, config.data.pp_eval, config.seed)
     builder = SequenceBuilder(
         tokenizer,
         SequenceConfig(
             tokens_per_frame=config.data.tokens_per_frame,
             vocab_sizes=(m.text_vocab_size, m.vision_vocab_size, m.latent_vocab_size, m.action_vocab_size),
-            vision_codes=vision_codes,
+            vision_codes=train_images.encoder.codebook_size if train_images else END_OF_FRAME,
             action_bins=tuple(bins.num_bins) if bins is not None else (),
         ),
     )
-    encoder = None
-    if config.data.vqgan_checkpoint:
-        encoder = vqgan_encoder(
-            config.data.vqgan_checkpoint,
-            config.data.vqgan_config or None,
-            config.data.image_augment,
-            config.seed,
-            image_root=config.data.image_root or None,
-        )
     per_host = config.batch_size // jax.process_count()
     train_data = load_examples(
-        config.data.train.split(","), builder, config.data.max_length, config.data.skip_invalid, encoder
+        config.data.train.split(","), builder, config.data.max_length, config.data.skip_invalid, train_images
     )
+    eval_data = None  # read before the model is built, so that a bad held-out row fails fast
+    if config.data.eval:
+        eval_data = load_examples(
+            config.data.eval.split(","),
+            builder,
+            config.data.max_length,
+            config.data.skip_invalid,
+            eval_images,
+        )
     refresh = None
-    if encoder is not None and config.data.image_augment:
-        refresh = augmenting_refresh(train_data, builder, encoder, config.seed)
+    if train_images is not None and train_images.mode == "augment":
+        refresh = augmenting_refresh(train_data, builder, train_images)
     data = batch_stream(
         train_data, per_host, config.data.max_length, config.data.packing, config.seed, refresh
     )
@@ -278,10 +283,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         state = _initialise(state, config, mesh)
     state, start = loop.resume(checkpointer, state, data)
     eval_fn = None
-    if config.data.eval:
-        eval_data = load_examples(
-            config.data.eval.split(","), builder, config.data.max_length, config.data.skip_invalid, encoder
-        )
+    if eval_data is not None:
         eval_stream = batch_stream(eval_data, per_host, config.data.max_length, False, config.seed)
         eval_fn = make_eval(graphdef, eval_stream, eval_data.rows, mesh, config, bins)
     logger = loop.logger_for(config, run_dir)

@@ -2,9 +2,9 @@
 
 Reads LAPA's latent-pretraining rows (``vision``, ``delta``, ``instruction``, ``fields``)
 and finetune rows (``vision`` and/or ``image``, ``action``, ``instruction``, ``fields``).
-Rows without ``vision`` tokens are encoded by a VQGAN on the fly (with the training
-augmentation when asked). A bad row raises an error naming the file and line, or is
-skipped and counted with ``skip_invalid``.
+Rows without ``vision`` tokens are encoded by a VQGAN on the fly, in the preprocessing
+mode of their split (training rows may be augmented; held-out rows never are). A bad row
+raises an error naming the file and line, or is skipped and counted with ``skip_invalid``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from latent_pretraining.core.files import resolve_under
 from latent_pretraining.sequences import Example, RowError, SequenceBuilder
 from latent_pretraining.training.data import BatchStream
+from latent_pretraining.vqgan.encode import RowEncoder
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +34,31 @@ class LoadedData:
     labels: list[str] = dataclasses.field(default_factory=list)  # "file:line" of each example
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageTokens:
+    """How rows without ``vision`` tokens get them: a VQGAN row encoder and a named
+    preprocessing mode (``augment`` draws are seeded by ``seed`` and the call's key)."""
+
+    encoder: RowEncoder
+    mode: str = "resize"
+    seed: int = 0
+
+    def encode(
+        self, rows: list[dict[str, Any]], labels: list[str], key: Sequence[int] = ()
+    ) -> tuple[dict[int, list[int]], dict[int, Exception]]:
+        rng = np.random.default_rng([self.seed, *key]) if self.mode == "augment" else None
+        return self.encoder(rows, labels, self.mode, rng)
+
+
 def load_examples(
     paths: Sequence[str | os.PathLike],
     builder: SequenceBuilder,
     max_length: int,
     skip_invalid: bool = False,
-    vision_encoder: Callable[[list[dict[str, Any]], list[str]], list[list[int] | RowError]] | None = None,
+    images: ImageTokens | None = None,
 ) -> LoadedData:
-    """Reads, validates and tokenises every row; errors name ``file:line``."""
+    """Reads, validates and tokenises every row; errors name ``file:line``. Rows with an
+    ``image`` but no ``vision`` get their tokens from ``images``."""
     examples, rows, skipped, labels = [], [], [], []
     encoded: set[int] = set()
     pending: list[tuple[str, dict[str, Any]]] = []
@@ -61,19 +77,18 @@ def load_examples(
                     skipped.append(f"{where}: {reason}")
                     continue
                 pending.append((where, row))
-    if vision_encoder is not None:
-        need = [(w, r) for w, r in pending if _needs_vision(r)]
-        if need:
-            codes = vision_encoder([r for _, r in need], [w for w, _ in need])
-            for (where, row), row_codes in zip(need, codes, strict=True):
-                if isinstance(row_codes, RowError):  # unreadable image
-                    if not skip_invalid:
-                        raise row_codes
-                    skipped.append(str(row_codes))
-                    pending.remove((where, row))
-                else:
-                    row["vision"] = row_codes
-                    encoded.add(id(row))
+    need = [(w, r) for w, r in pending if _needs_vision(r)] if images is not None else []
+    if need:
+        codes, failures = images.encode([r for _, r in need], [w for w, _ in need])
+        for k, (where, row) in enumerate(need):
+            if k in failures:  # unreadable image
+                if not skip_invalid:
+                    raise RowError(str(failures[k])) from None
+                skipped.append(str(failures[k]))
+                pending.remove((where, row))
+            else:
+                row["vision"] = codes[k]
+                encoded.add(id(row))
     for where, row in pending:
         try:
             example = builder(row)
@@ -182,7 +197,7 @@ def batch_stream(
 
 
 def augmenting_refresh(
-    data: LoadedData, builder: SequenceBuilder, encoder: Callable, seed: int
+    data: LoadedData, builder: SequenceBuilder, images: ImageTokens
 ) -> Callable[[list[int], int], dict[int, Example]]:
     """Rebuilds image-derived examples with a new draw of the augmentation each epoch
     (deterministic in the seed, the epoch and the examples)."""
@@ -190,57 +205,13 @@ def augmenting_refresh(
     def refresh(indices: list[int], epoch: int) -> dict[int, Example]:
         if not indices:
             return {}
-        rng = np.random.default_rng([seed, epoch, *indices])
         rows = [{k: v for k, v in data.rows[i].items() if k != "vision"} for i in indices]
-        codes = encoder(rows, [data.labels[i] for i in indices], rng)
-        out = {}
-        for i, row, c in zip(indices, rows, codes, strict=True):
-            if isinstance(c, RowError):
-                raise c
-            out[i] = builder({**row, "vision": c})
-        return out
+        codes, failures = images.encode(rows, [data.labels[i] for i in indices], [epoch, *indices])
+        if failures:
+            raise RowError(str(next(iter(failures.values()))))
+        return {
+            i: builder({**row, "vision": codes[k]})
+            for k, (i, row) in enumerate(zip(indices, rows, strict=True))
+        }
 
     return refresh
-
-
-def vqgan_encoder(
-    checkpoint: str | os.PathLike,
-    config: str | None,
-    augment: bool,
-    seed: int,
-    image_root: str | os.PathLike | None = None,
-) -> Callable[[list[dict], list[str]], list[list[int]]]:
-    """Encodes rows' ``image`` files with a VQGAN, with the training augmentation when
-    ``augment`` (drawn from ``rng`` when given). Relative paths join ``image_root`` and may
-    not leave it."""
-    from latent_pretraining.vqgan.encode import Encoder, load_model
-    from latent_pretraining.vqgan.images import load_image, preprocess
-
-    model = load_model(Path(checkpoint), config)
-    encoder = Encoder(model, batch_size=32)
-    default_rng = np.random.default_rng(seed)
-
-    def encode(rows: list[dict], labels: list[str], rng: np.random.Generator | None = None) -> list:
-        """Codes per row, or the RowError of a row whose image cannot be read."""
-        rng = default_rng if rng is None else rng
-        images, out = [], []
-        for row, where in zip(rows, labels, strict=True):
-            try:
-                if not isinstance(row["image"], str):
-                    raise RowError(f"{where}: field 'image': expected a path string, got {row['image']!r}")
-                path = resolve_under(row["image"], None if image_root is None else Path(image_root), where)
-            except ValueError as e:
-                out.append(RowError(str(e)))
-                continue
-            try:
-                images.append(preprocess(load_image(path), encoder.resolution, train=augment, rng=rng))
-                out.append(None)
-            except Exception as e:
-                out.append(RowError(f"{where}: cannot read image {path}: {e}"))
-        codes: list[list[int]] = []
-        for start in range(0, len(images), encoder.batch_size):
-            codes.extend(c.tolist() for c in encoder(np.stack(images[start : start + encoder.batch_size])))
-        it = iter(codes)
-        return [next(it) if o is None else o for o in out]
-
-    return encode

@@ -12,4 +12,4 @@ INIT=${INIT-params::$CKPT/params}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/finetune_real}
 IMAGE_ROOT=${IMAGE_ROOT:-data/}
 run_job "${PRESET:-finetune}" --config.model.action_vocab_size=256 --config.data.vqgan_checkpoint="$CKPT/vqgan" \
-  --config.data.vqgan_config=lwm --config.data.image_augment=True --config.data.image_root="$IMAGE_ROOT"
+  --config.data.vqgan_config=lwm --config.data.pp_train=augment --config.data.image_root="$IMAGE_ROOT"

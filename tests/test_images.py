@@ -9,6 +9,7 @@ from latent_pretraining.vqgan.images import (
     augment,
     center_crop,
     crop_side,
+    eval_mode,
     lapa_resize,
     preprocess,
     resize_linear,
@@ -65,4 +66,16 @@ def test_augmentation_is_random_but_seeded():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     with pytest.raises(ValueError, match="needs an rng"):
-        preprocess(image, 32, train=True)
+        preprocess(image, 32, "augment")
+
+
+def test_named_modes_and_the_eval_counterpart_of_training():
+    image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    plain = preprocess(image, 32)
+    np.testing.assert_array_equal(preprocess(image, 32, "resize"), plain)
+    np.testing.assert_array_equal(
+        preprocess(image, 32, "center_crop"), to_model_range(center_crop(lapa_resize(image, 32)))
+    )
+    assert eval_mode("augment") == "center_crop" and eval_mode("resize") == "resize"
+    with pytest.raises(ValueError, match="'crop' is not one of resize, augment, center_crop"):
+        preprocess(image, 32, "crop")

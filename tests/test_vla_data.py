@@ -92,7 +92,8 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
     from flax import nnx
     from PIL import Image
 
-    from latent_pretraining.vla_data import vqgan_encoder
+    from latent_pretraining.vla_data import ImageTokens
+    from latent_pretraining.vqgan.encode import load_row_encoder
     from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
     from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
 
@@ -116,8 +117,8 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
         )
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     builder = SequenceBuilder(TextTokenizer(sp_model), SequenceConfig(tokens_per_frame=64))
-    encoder = vqgan_encoder(tmp_path / "vqgan", None, augment=False, seed=0, image_root=tmp_path)
-    data = load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
+    encoder = ImageTokens(load_row_encoder(tmp_path / "vqgan", None, image_root=tmp_path))
+    data = load_examples([tmp_path / "rows.jsonl"], builder, 200, images=encoder)
     from latent_pretraining.vqgan.images import load_image, preprocess
 
     _, codes = model.encode(preprocess(load_image(tmp_path / "1.png"), 32)[None])
@@ -126,32 +127,27 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
     lines[2] = lines[2].replace('"2.png"', '"missing.png"')
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(RowError, match=r"rows.jsonl:3: cannot read image .*missing.png"):
-        load_examples([tmp_path / "rows.jsonl"], builder, 200, vision_encoder=encoder)
-    kept = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, vision_encoder=encoder)
+        load_examples([tmp_path / "rows.jsonl"], builder, 200, images=encoder)
+    kept = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, images=encoder)
     assert len(kept.examples) == 2 and "rows.jsonl:3: cannot read image" in kept.skipped[0]
     (tmp_path / "inner").mkdir()
-    escaping = vqgan_encoder(tmp_path / "vqgan", None, augment=False, seed=0, image_root=tmp_path / "inner")
+    escaping = ImageTokens(load_row_encoder(tmp_path / "vqgan", None, image_root=tmp_path / "inner"))
+    lines[0] = lines[0].replace('"0.png"', '"../0.png"')
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(RowError, match=r"rows.jsonl:1: image path '../0.png' lies outside the image root"):
-        load_examples(
-            [tmp_path / "rows.jsonl"],
-            builder,
-            200,
-            vision_encoder=lambda rows, where: escaping(
-                [{**r, "image": "../" + r["image"]} for r in rows], where
-            ),
-        )
+        load_examples([tmp_path / "rows.jsonl"], builder, 200, images=escaping)
+    lines[0] = lines[0].replace('"../0.png"', '"0.png"')
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
 
     # with the training augmentation, image rows get a new draw every epoch (and the same draw on a rerun)
-    augmenting = vqgan_encoder(tmp_path / "vqgan", None, augment=True, seed=0, image_root=tmp_path)
-    data = load_examples(
-        [tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, vision_encoder=augmenting
-    )
+    augmenting = ImageTokens(encoder.encoder, "augment", seed=0)
+    data = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, images=augmenting)
     assert data.from_images == {0, 1}
 
     def epochs(stream):  # 2 rows, batch 1: one epoch is 2 batches; key each row by its example
         return {int(b["example"][0]): b["inputs"][0].tolist() for b in (next(stream), next(stream))}
 
-    refresh = augmenting_refresh(data, builder, augmenting, seed=0)
+    refresh = augmenting_refresh(data, builder, augmenting)
     first = epochs(batch_stream(data, 1, 200, False, 0, refresh))
     second = epochs(batch_stream(data, 1, 200, False, 0, refresh))
     assert first == second
@@ -159,3 +155,10 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
     epoch0, epoch1 = epochs(stream), epochs(stream)
     assert epoch0.keys() == epoch1.keys() == {0, 1}
     assert all(epoch0[i] != epoch1[i] for i in (0, 1))  # the same row, a new augmentation
+
+    # held-out rows of an augmented run get the deterministic centre crop, the same on every load
+    held_out = ImageTokens(encoder.encoder, "center_crop", seed=0)
+    a = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, images=held_out)
+    b = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, images=held_out)
+    _, crop_codes = model.encode(preprocess(load_image(tmp_path / "1.png"), 32, "center_crop")[None])
+    assert a.rows[1]["vision"] == b.rows[1]["vision"] == np.asarray(crop_codes).reshape(-1).tolist()

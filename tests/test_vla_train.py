@@ -6,6 +6,7 @@ import json
 import logging
 
 import msgpack
+import numpy as np
 import pytest
 from conftest import LAPA_VLA_FIXTURE
 from helpers import (
@@ -147,3 +148,58 @@ def test_action_ids_the_bins_cannot_decode_and_a_short_bins_csv_are_errors(tmp_p
     (tmp_path / "bins.csv").write_text("\n".join(edges) + "\n")  # a two-bin gripper: ids 0 and 1 only
     with pytest.raises(ValueError, match=r"field 'action': dimension 6 has id \d+ but its bins are 0..1"):
         vla_train.train(config)
+
+
+def test_held_out_images_are_never_augmented_and_the_modes_are_recorded(tmp_path, sp_model, monkeypatch):
+    from flax import nnx
+    from PIL import Image
+
+    from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
+    from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
+
+    cfg = get_vqgan_config("tiny")
+    save_lwm_vqgan(VQGAN(cfg, rngs=nnx.Rngs(0)), tmp_path / "vqgan")
+    (tmp_path / "vqgan_config.json").write_text(cfg.to_json())
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(8):
+        Image.fromarray(np.full((32, 32, 3), 25 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        rows.append(
+            {
+                "image": f"{i}.png",
+                "instruction": "push",
+                "delta": [1, 2, 3, 4],
+                "fields": "[instruction],[vision],delta",
+            }
+        )
+    for name in ("train.jsonl", "eval.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    modes = []
+    real = vla_train.load_examples
+
+    def recording(paths, builder, max_length, skip_invalid, images):
+        modes.append((paths[0].rsplit("/", 1)[-1], images.mode))
+        return real(paths, builder, max_length, skip_invalid, images)
+
+    class StoppedError(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise StoppedError
+
+    monkeypatch.setattr(vla_train, "load_examples", recording)
+    monkeypatch.setattr(vla_train, "create_train_state", stop)
+    settings = {
+        "data.train": str(tmp_path / "train.jsonl"),
+        "data.eval": str(tmp_path / "eval.jsonl"),
+        "data.vqgan_checkpoint": str(tmp_path / "vqgan"),
+        "data.image_root": "images",  # relative to the working directory, as a user writes it
+        "data.tokens_per_frame": 64,
+        "data.pp_train": "augment",
+    }
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoppedError):
+        vla_train.train(_config(tmp_path, sp_model, **settings))
+    assert modes == [("train.jsonl", "augment"), ("eval.jsonl", "center_crop")]
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert (recorded["pp_train"], recorded["pp_eval"]) == ("augment", "center_crop")

@@ -84,14 +84,14 @@ def test_rerun_resumes_after_the_rows_already_written(model, rows, tmp_path, mon
 def test_resume_refuses_a_partial_of_other_options_unless_restarted(model, rows, tmp_path, monkeypatch):
     revive = _killed_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
-        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, crop=True)
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, mode="center_crop")
     revive()
-    with pytest.raises(PartialMismatchError, match=r"crop: True -> False.*--restart"):
+    with pytest.raises(PartialMismatchError, match=r"mode: 'center_crop' -> 'resize'.*--restart"):
         encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8)
     assert len(_read(tmp_path / "out.jsonl.partial")) == 8  # refused, and kept
     rows.write_text(rows.read_text() + "\n")  # the input changed (size and mtime)
     with pytest.raises(PartialMismatchError, match="input"):
-        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, crop=True)
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, mode="center_crop")
     encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, restart=True)
     encode_jsonl(model, rows, tmp_path / "clean.jsonl", batch_size=8)
     assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()

@@ -27,7 +27,8 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.data.vqgan_checkpoint = ""  # encodes rows that have an image but no vision tokens
     c.data.vqgan_config = ""  # preset or JSON (default: vqgan_config.json beside the checkpoint)
     c.data.image_root = ""  # base of relative image paths (LAPA's image_absolute_path)
-    c.data.image_augment = False
+    c.data.pp_train = "resize"  # image preprocessing of training rows: resize | augment | center_crop
+    c.data.pp_eval = ""  # of held-out rows and deployment; "": the deterministic counterpart of pp_train
     c.data.action_bins = ""  # bins CSV: evaluation reports action MAE in the data's units
 
     c.loss = ml_collections.ConfigDict()  # per-modality weights of the next-token losses

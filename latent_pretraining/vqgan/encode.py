@@ -1,12 +1,12 @@
 """Pre-tokenizer: adds VQGAN codes (``vision``) to JSONL rows that name an ``image``.
 
     python -m latent_pretraining.vqgan encode --checkpoint runs/vq/vqgan --input rows.jsonl \\
-        --output rows.vision.jsonl [--batch_size 64] [--crop] [--skip_errors]
+        --output rows.vision.jsonl [--batch_size 64] [--mode resize|center_crop] [--skip_errors]
 
 Codes are flattened row-major (LAPA's layout): 256 per image for LWM's tokenizer,
 ``(resolution / 2**(levels-1))**2`` in general. Images are preprocessed as LAPA's
-pre-tokenisation does (longest side, then square resize, [-1, 1]); ``--crop`` adds
-the centred 90% crop for models trained with augmentation. Batches are split over
+pre-tokenisation does (longest side, then square resize, [-1, 1]); ``--mode center_crop``
+adds the centred 90% crop for models trained with augmentation. Batches are split over
 all devices. Output goes to ``<output>.partial`` and is renamed when complete; a
 rerun resumes at the input line it reached when the input, checkpoint and options are
 the same, and is refused otherwise (``--restart`` discards the partial). An unreadable
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
@@ -30,7 +32,7 @@ from latent_pretraining.batched import LocalBatchApply
 from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths, resolve_under
 from latent_pretraining.core.partial import PartialJsonl, fingerprint
-from latent_pretraining.vqgan.images import load_image, preprocess
+from latent_pretraining.vqgan.images import PP_MODES, check_mode, load_image, preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
 
@@ -61,6 +63,57 @@ class Encoder(LocalBatchApply):
         return super().__call__(images).reshape(len(images), -1)
 
 
+class RowEncoder:
+    """VQGAN codes of rows' ``image`` files in one of the named preprocessing modes. Relative
+    paths join ``image_root`` and may not leave it. Codes and failures come back separately:
+    ``({row index: codes}, {row index: EncodeError naming the row})``."""
+
+    def __init__(self, model: VQGAN, image_root: str | os.PathLike | None = None, batch_size: int = 32):
+        self.encoder = Encoder(model, batch_size)
+        self.image_root = None if image_root is None else Path(image_root)
+        self.codebook_size = int(model.config.num_embeddings)
+
+    def __call__(
+        self,
+        rows: Sequence[dict],
+        labels: Sequence[str],
+        mode: str = "resize",
+        rng: np.random.Generator | None = None,
+    ) -> tuple[dict[int, list[int]], dict[int, EncodeError]]:
+        images: dict[int, np.ndarray] = {}
+        failures: dict[int, EncodeError] = {}
+        for i, (row, where) in enumerate(zip(rows, labels, strict=True)):
+            image = row.get("image")
+            if not isinstance(image, str):
+                failures[i] = EncodeError(f"{where}: field 'image': expected a path string, got {image!r}")
+                continue
+            try:
+                path = resolve_under(image, self.image_root, where)
+            except ValueError as e:
+                failures[i] = EncodeError(str(e))
+                continue
+            try:
+                pixels = load_image(path)
+            except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for unreadable files
+                failures[i] = EncodeError(f"{where}: cannot read image {path}: {e}")
+                continue
+            images[i] = preprocess(pixels, self.encoder.resolution, mode, rng)
+        order = list(images)
+        codes: dict[int, list[int]] = {}
+        for start in range(0, len(order), self.encoder.batch_size):
+            chunk = order[start : start + self.encoder.batch_size]
+            for i, c in zip(chunk, self.encoder(np.stack([images[i] for i in chunk])), strict=True):
+                codes[i] = c.tolist()
+        return codes, failures
+
+
+def load_row_encoder(
+    checkpoint: str | os.PathLike, config: str | None, image_root: str | os.PathLike | None = None
+) -> RowEncoder:
+    """The row encoder of an LWM ``vqgan`` pickle (config: a preset, a JSON file, or the one beside it)."""
+    return RowEncoder(load_model(Path(checkpoint), config), image_root)
+
+
 def _read_row(raw: bytes, where: str, image_root: Path | None) -> tuple[dict, Path] | None:
     """A line of the input -> (row, image path); None for a blank line. Raises EncodeError."""
     try:
@@ -88,7 +141,7 @@ def encode_jsonl(
     input_path: Path,
     output_path: Path,
     batch_size: int = 64,
-    crop: bool = False,
+    mode: str = "resize",
     skip_errors: bool = False,
     image_root: Path | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -100,6 +153,9 @@ def encode_jsonl(
     resumes at the input line it reached if it came from the same input, model
     (``model_source``, e.g. the checkpoint's fingerprint, plus the config) and options;
     otherwise it is refused, or discarded with ``restart``."""
+    check_mode(mode)
+    if mode == "augment":
+        raise ValueError("pre-tokenising uses a deterministic mode (resize or center_crop), not augment")
     with open(input_path, "rb") as f:
         numbered = [(n, line) for n, line in enumerate(f, start=1) if (n - 1) % shard[1] == shard[0]]
     provenance = {
@@ -107,7 +163,7 @@ def encode_jsonl(
         "input": fingerprint(input_path),
         "model": model_source,
         "config": model.config.to_dict(),
-        "crop": crop,
+        "mode": mode,
         "image_root": None if image_root is None else str(Path(image_root).resolve()),
         "shard": list(shard),
     }
@@ -142,7 +198,7 @@ def encode_jsonl(
                             image = load_image(path)
                         except Exception as e:
                             raise EncodeError(f"{where}: cannot read image {path}: {e}") from e
-                        pending.append((row, preprocess(image, encoder.resolution, crop=crop)))
+                        pending.append((row, preprocess(image, encoder.resolution, mode)))
                 except EncodeError:
                     if not skip_errors:
                         flush(k)  # keep what is done: a rerun resumes at this line
@@ -191,7 +247,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument(
-        "--crop", action="store_true", help="centred 90%% crop (models trained with augmentation)"
+        "--mode",
+        choices=[m for m in PP_MODES if m != "augment"],
+        default="resize",
+        help="resize (LAPA's pre-tokenisation) or center_crop (for models trained with augmentation)",
     )
     parser.add_argument("--skip_errors", action="store_true")
     parser.add_argument(
@@ -215,7 +274,7 @@ def main(argv: list[str]) -> None:
             args.input,
             args.output,
             args.batch_size,
-            args.crop,
+            args.mode,
             args.skip_errors,
             args.image_root,
             args.shard,

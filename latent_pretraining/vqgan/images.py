@@ -5,8 +5,8 @@ LAPA (albumentations): longest side to 256 keeping the aspect ratio, then resize
 256x256, then ``x / 127.5 - 1``. Its training augmentation adds a random square crop
 of 90% of the area resized back, brightness/contrast +-0.2 and small hue /
 saturation / value shifts. Its deploy path skipped the crop, so the policy saw
-images at a different zoom than in training; here inference uses the centred
-crop of the same size (``center_crop``), the deterministic counterpart.
+images at a different zoom than in training; here held-out rows and inference use
+the centred crop of the same size (mode ``center_crop``), the deterministic counterpart.
 
 Resizing follows OpenCV's ``INTER_LINEAR`` sampling (half-pixel centres, no
 anti-aliasing) in float, so results can differ from OpenCV by one grey level.
@@ -101,24 +101,34 @@ def augment(image: np.ndarray, rng: np.random.Generator, area: float = CROP_AREA
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def preprocess(
-    image: np.ndarray,
-    size: int = 256,
-    train: bool = False,
-    rng: np.random.Generator | None = None,
-    crop: bool = False,
-) -> np.ndarray:
-    """Any uint8 RGB image -> float32 [size, size, 3] in [-1, 1].
+# named preprocessing modes (big_vision's pp / pp_eval): ``resize`` is LAPA's plain resize (how
+# its data were pre-tokenised), ``augment`` its random training augmentation, ``center_crop``
+# the deterministic counterpart of ``augment`` for held-out rows and deployment
+PP_MODES = ("resize", "augment", "center_crop")
 
-    Default: LAPA's plain resize (how its data were pre-tokenised). ``train=True``
-    applies the random augmentation (needs ``rng``); a model trained that way should
-    see ``crop=True`` at inference: the centred crop of the same size.
-    """
+
+def eval_mode(train_mode: str) -> str:
+    """The deterministic mode for held-out rows and deployment of a model trained with ``train_mode``."""
+    check_mode(train_mode)
+    return "center_crop" if train_mode == "augment" else train_mode
+
+
+def check_mode(mode: str) -> None:
+    if mode not in PP_MODES:
+        raise ValueError(f"image preprocessing mode {mode!r} is not one of {', '.join(PP_MODES)}")
+
+
+def preprocess(
+    image: np.ndarray, size: int = 256, mode: str = "resize", rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Any uint8 RGB image -> float32 [size, size, 3] in [-1, 1] in one of ``PP_MODES``
+    (``augment`` draws from ``rng``)."""
+    check_mode(mode)
     image = lapa_resize(image, size)
-    if train:
+    if mode == "augment":
         if rng is None:
-            raise ValueError("train=True needs an rng")
+            raise ValueError("mode 'augment' needs an rng")
         image = augment(image, rng)
-    elif crop:
+    elif mode == "center_crop":
         image = center_crop(image)
     return to_model_range(image)
