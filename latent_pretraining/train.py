@@ -11,6 +11,7 @@ positions). Rerunning a command resumes its run directory from the newest checkp
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import jax
@@ -35,7 +36,14 @@ from latent_pretraining.training.state import (
     create_train_state,
     global_batch,
 )
-from latent_pretraining.vla_data import ImageTokens, augmenting_refresh, batch_stream, load_examples
+from latent_pretraining.vla_data import (
+    ImageTokens,
+    LoadedData,
+    augmenting_refresh,
+    batch_stream,
+    eval_batches,
+    load_examples,
+)
 from latent_pretraining.vqgan.encode import load_row_encoder
 from latent_pretraining.vqgan.images import check_mode, eval_mode
 
@@ -120,8 +128,9 @@ def make_step(graphdef, optimizer, schedule, config):
     return step
 
 
-def make_eval(graphdef, data, rows, mesh, config, bins: ActionBins | None):
-    """Token accuracy and loss per head on held-out batches; action MAE through the bins."""
+def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: ActionBins | None):
+    """Token accuracy and loss per head over every held-out row (``eval_batches`` > 0 caps the
+    batches); action MAE through the bins."""
     weights = {h: float(config.loss[h]) for h in VOCABS}
     if bins is not None and not weights["action"]:
         weights["action"] = 1e-9  # score the action head for the MAE even when it has no loss
@@ -132,12 +141,10 @@ def make_eval(graphdef, data, rows, mesh, config, bins: ActionBins | None):
         return metrics, predictions.get("action")
 
     def run(state: TrainState, step: int) -> dict[str, float]:
-        data.restore({**data.state(), "epoch": 0, "index": 0})
         sums: dict[str, float] = {}
         errors = []
-        for _ in range(min(config.eval_batches, data.batches_per_epoch)):
-            local = next(data)
-            example = local.pop("example")
+        batches = eval_batches(data, batch_size, config.data.max_length)
+        for local, example in itertools.islice(batches, config.eval_batches or None):
             with jax.set_mesh(mesh):
                 metrics, actions = evaluate(state["params"], state["rest"], global_batch(local, mesh))
             metrics = jax.device_get(metrics)
@@ -148,7 +155,9 @@ def make_eval(graphdef, data, rows, mesh, config, bins: ActionBins | None):
                         sums[f"{k}_{head}"] = sums.get(f"{k}_{head}", 0.0) + float(metrics[f"{k}_{head}"]) * n
                     sums[f"tokens_{head}"] = sums.get(f"tokens_{head}", 0.0) + n
             if bins is not None and actions is not None:
-                errors.extend(_action_errors(np.asarray(jax.device_get(actions)), local, example, rows, bins))
+                errors.extend(
+                    _action_errors(np.asarray(jax.device_get(actions)), local, example, data.rows, bins)
+                )
         out = {}
         for head in VOCABS:
             n = sums.get(f"tokens_{head}", 0.0)
@@ -171,7 +180,7 @@ def _action_errors(predicted, local, example, rows, bins):
     """Decoded (teacher-forced) predicted action minus the row's raw action, per row."""
     out = []
     is_action = (local["target_modality"] == Modality.ACTION) & (local["segment_ids"] > 0)
-    for r in range(len(example)):
+    for r in np.flatnonzero(example >= 0):  # -1: a padding row of the last batch
         ids = predicted[r][is_action[r]]
         raw = rows[int(example[r])].get("raw_actions")
         if raw is None or len(ids) != len(bins.centres):
@@ -284,14 +293,15 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     state, start = loop.resume(checkpointer, state, data)
     eval_fn = None
     if eval_data is not None:
-        eval_stream = batch_stream(eval_data, per_host, config.data.max_length, False, config.seed)
-        eval_fn = make_eval(graphdef, eval_stream, eval_data.rows, mesh, config, bins)
+        eval_fn = make_eval(graphdef, eval_data, per_host, mesh, config, bins)
     logger = loop.logger_for(config, run_dir)
-    example = {k: v for k, v in data.peek().items() if k != "example"}
     step_fn = compile_step(
-        make_step(graphdef, optimizer, schedule, config), state, global_batch(example, mesh), shardings, mesh
+        make_step(graphdef, optimizer, schedule, config),
+        state,
+        global_batch(data.peek(), mesh),
+        shardings,
+        mesh,
     )
-    data_without_ids = _DropKey(data, "example")
     settings = loop.LoopSettings(
         total_steps=config.total_steps,
         log_every=config.log_every,
@@ -300,28 +310,11 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         items_per_example=config.data.max_length,
         items_name="tokens",
     )
-    state, last = loop.run(
-        settings, step_fn, state, data_without_ids, mesh, checkpointer, logger, eval_fn, start
-    )
+    state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, eval_fn, start)
     if config.export_params:
         save_lapa_params(nnx.merge(graphdef, state["params"], state["rest"]), config.export_params, "bf16")
         print(f"exported {config.export_params} (LAPA params::, bf16)", flush=True)
     return last
-
-
-class _DropKey:
-    """A batch stream view without one key (bookkeeping fields stay on the host)."""
-
-    def __init__(self, stream, key: str):
-        self.stream, self.key = stream, key
-
-    def __next__(self):
-        batch = next(self.stream)
-        batch.pop(self.key, None)
-        return batch
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
 
 
 def main() -> None:

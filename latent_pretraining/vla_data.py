@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from latent_pretraining.sequences import Example, RowError, SequenceBuilder
@@ -188,12 +190,26 @@ def batch_stream(
         wanted = [i for j in indices for i in rows[int(j)]]
         fresh = refresh([i for i in wanted if i in data.from_images], epoch) if refresh else {}
         pick = lambda i: fresh.get(i, data.examples[i])  # noqa: E731
-        batch = collate([[pick(i) for i in rows[int(j)]] for j in indices], max_length)
-        # index of each row's first example in ``data.rows`` (host-side bookkeeping for evaluation)
-        batch["example"] = np.asarray([rows[int(j)][0] for j in indices], np.int32)
-        return batch
+        return collate([[pick(i) for i in rows[int(j)]] for j in indices], max_length)
 
     return BatchStream(len(rows), batch_size, make_batch, seed=seed)
+
+
+def eval_batches(
+    data: LoadedData, batch_size: int, max_length: int
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """One deterministic pass over every held-out example: this host's share (every
+    process_count-th from its index), ``batch_size`` rows a batch, the last one padded with empty
+    rows (segment id 0, no loss). Every host yields the same number of batches. Yields the arrays
+    and, kept apart from them, each row's example index (-1 for padding)."""
+    hosts, host = jax.process_count(), jax.process_index()
+    share = list(range(host, len(data.examples), hosts))
+    steps = math.ceil(math.ceil(len(data.examples) / hosts) / batch_size)
+    for s in range(steps):
+        chunk = share[s * batch_size : (s + 1) * batch_size]
+        padding = batch_size - len(chunk)
+        rows = [[data.examples[i]] for i in chunk] + [[] for _ in range(padding)]
+        yield collate(rows, max_length), np.asarray(chunk + [-1] * padding, np.int32)
 
 
 def augmenting_refresh(

@@ -9,17 +9,17 @@ from pathlib import Path
 
 from latent_pretraining import train as vla_train
 from latent_pretraining.configs.lapa import get_config
-from latent_pretraining.training.data import BatchStream
+from latent_pretraining.training.data import BatchStream, host_rows
 
 
 def main(tokenizer: str, data: str, out: Path) -> None:
     seen = []
     original = BatchStream.__next__
 
-    def recording(self):
-        batch = original(self)
-        seen.append(batch["example"].tolist())
-        return batch
+    def recording(self):  # the rows of the batch about to be read (no packing: row j is example j)
+        rows = host_rows(self.num_rows, self.seed, self.epoch)
+        seen.append(rows[self.index * self.batch_size : (self.index + 1) * self.batch_size].tolist())
+        return original(self)
 
     BatchStream.__next__ = recording
     config = get_config("debug_latent")

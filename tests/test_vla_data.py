@@ -9,7 +9,15 @@ import pytest
 from helpers import write_latent_jsonl
 
 from latent_pretraining.sequences import RowError, SequenceBuilder, SequenceConfig, TextTokenizer
-from latent_pretraining.vla_data import augmenting_refresh, batch_stream, collate, load_examples, pack
+from latent_pretraining.training.data import host_rows
+from latent_pretraining.vla_data import (
+    augmenting_refresh,
+    batch_stream,
+    collate,
+    eval_batches,
+    load_examples,
+    pack,
+)
 
 CONFIG = SequenceConfig(tokens_per_frame=16, vocab_sizes=(1024, 8448, 8, 256))
 
@@ -48,6 +56,38 @@ def test_packing_isolates_examples(builder, tmp_path):
     np.testing.assert_array_equal(batch["positions"][0][second], np.arange(second.sum()))  # restart
     stream = batch_stream(data, 1, 200, packing=True, seed=0)
     assert stream.num_rows == len(rows)
+
+
+def test_evaluation_covers_every_row_once_the_last_batch_padded(builder, tmp_path):
+    write_latent_jsonl(tmp_path / "d.jsonl", 5)
+    data = load_examples([tmp_path / "d.jsonl"], builder, 96)
+    batches = list(eval_batches(data, 4, 96))
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, -1, -1, -1]]
+    arrays, _ = batches[1]
+    assert set(arrays) == {
+        "inputs",
+        "modality",
+        "targets",
+        "target_modality",
+        "target_weight",
+        "segment_ids",
+        "positions",
+    }
+    np.testing.assert_array_equal(arrays["inputs"][0, : len(data.examples[4]) - 1], data.examples[4].ids[:-1])
+    assert (arrays["segment_ids"][1:] == 0).all() and (arrays["target_weight"][1:] == 0).all()
+    # fewer held-out rows than a batch: one padded batch, not "rows make no batch"
+    assert [b[1].tolist() for b in eval_batches(data, 8, 96)] == [[0, 1, 2, 3, 4, -1, -1, -1]]
+    # two hosts: disjoint shares and the same number of batches
+    from unittest import mock
+
+    shares = []
+    for host in (0, 1):
+        with (
+            mock.patch("jax.process_count", return_value=2),
+            mock.patch("jax.process_index", return_value=host),
+        ):
+            shares.append([b[1].tolist() for b in eval_batches(data, 2, 96)])
+    assert shares == [[[0, 2], [4, -1]], [[1, 3], [-1, -1]]]  # host 1 runs the padded step too
 
 
 def test_errors_name_the_file_and_line(builder, tmp_path):
@@ -144,8 +184,9 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
     data = load_examples([tmp_path / "rows.jsonl"], builder, 200, skip_invalid=True, images=augmenting)
     assert data.from_images == {0, 1}
 
-    def epochs(stream):  # 2 rows, batch 1: one epoch is 2 batches; key each row by its example
-        return {int(b["example"][0]): b["inputs"][0].tolist() for b in (next(stream), next(stream))}
+    def epochs(stream):  # 2 rows, batch 1: one epoch is 2 batches; key each by its row of the shuffle
+        epoch = stream.epoch
+        return {int(i): next(stream)["inputs"][0].tolist() for i in host_rows(2, 0, epoch)}
 
     refresh = augmenting_refresh(data, builder, augmenting)
     first = epochs(batch_stream(data, 1, 200, False, 0, refresh))

@@ -53,7 +53,7 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.total_steps = 20000
     c.log_every = 10
     c.eval_every = 1000
-    c.eval_batches = 10
+    c.eval_batches = 0  # 0: every held-out row; N: at most N batches
     c.save_every = 1000
     c.keep_checkpoints = 2
     c.async_checkpoints = True
@@ -82,7 +82,6 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
         c.optimizer.warmup_steps = 10
         c.log_every = 10
         c.eval_every = 50
-        c.eval_batches = 2
         c.save_every = 50
         c.run_dir = "runs/lapa_debug"
     elif preset not in ("latent_pretrain", "finetune"):

@@ -79,7 +79,8 @@ class BatchStream:
                 if pos not in queued:
                     self._pending.append((pos, self._pool.submit(self._build, *pos)))
             pos, future = self._pending.popleft()
-            assert pos == (self.epoch, self.index)
+            if pos != (self.epoch, self.index):
+                raise RuntimeError(f"prefetched batch {pos} is not the next one {(self.epoch, self.index)}")
             batch = future.result()
         self.index += 1
         if self.index == self.batches_per_epoch:
