@@ -4,7 +4,7 @@ Three groups:
 
 * reconstruction: :func:`psnr`, :func:`per_image_mse`, :func:`copy_baseline_gain` (does the model beat
   copying ``x_t``?) and :func:`action_sensitivity` (do the codes matter? compare against the codes of
-  another pair, picked with :func:`derangement`);
+  another pair);
 * codebook health: :func:`codebook_stats` (per-position and joint usage / perplexity);
 * action probes: how well the codes predict the true action on held-out episodes —
   :func:`linear_probe_r2`, :func:`mlp_probe_r2`, :func:`mutual_information`, gathered by
@@ -77,9 +77,8 @@ def copy_baseline_gain(recon: Any, first: Any, target: Any, peak: float = 1.0) -
 def action_sensitivity(psnr_own: Any, psnr_swapped: Any) -> float:
     """Mean of ``psnr_own - psnr_swapped`` over images.
 
-    ``psnr_swapped`` is the PSNR of the reconstruction decoded with the codes of another pair (e.g.
-    ``codes[derangement(n, rng)]``). Near 0: the decoder ignores the codes; large: the codes carry the
-    change.
+    ``psnr_swapped`` is the PSNR of the reconstruction decoded with the codes of another pair.
+    Near 0: the decoder ignores the codes; large: the codes carry the change.
     """
     own, swapped = np.asarray(psnr_own, np.float64), np.asarray(psnr_swapped, np.float64)
     if own.shape != swapped.shape:
@@ -87,22 +86,6 @@ def action_sensitivity(psnr_own: Any, psnr_swapped: Any) -> float:
     if own.size == 0:
         raise ValueError("action_sensitivity of an empty batch")
     return float(np.mean(own - swapped))
-
-
-def derangement(n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-    """A uniformly random permutation of ``range(n)`` with no fixed point (``perm[i] != i``).
-
-    ``n = 0`` gives an empty array; ``n = 1`` has no derangement and raises ``ValueError``.
-    Rejection sampling: a random permutation is a derangement with probability ~1/e.
-    """
-    if n < 0 or n == 1:
-        raise ValueError(f"no derangement of {n} elements (need n = 0 or n >= 2)")
-    rng = np.random.default_rng(rng)
-    idx = np.arange(n)
-    while True:
-        perm = rng.permutation(n)
-        if not np.any(perm == idx):
-            return perm
 
 
 # ----------------------------------------------------------------------------------------------------

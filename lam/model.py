@@ -84,23 +84,15 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
     # target: flicker and auto-exposure change every pixel, yet the per-patch input LayerNorm
     # hides a global gain from the encoder, so the codes could never explain it (LAPA does not)
     c.match_brightness = True
-    # motion_kernel and code_head (below) go beyond LAPA; the small preset has both on: a LAM with
-    # both beats one with LAPA's heads on gain, action sensitivity and probe R^2 and ties on
-    # codebook usage, at lower throughput (BENCHMARKS.md; neither measured without the other).
-    # k > 0: the decoder also predicts, per patch, a k x k softmax kernel over x_t's neighbourhood
-    # (interpolated between patch centres) and the prediction is x_t moved by these kernels plus
-    # the pixel head's residual (needs predict_residual). Given the true actions, this decoder
-    # learns to use them about three times faster (bench_lam_decoder_ceiling.py). 0: LAPA's decoder
+    # the options below go beyond LAPA (their measurements: BENCHMARKS.md, latent action model)
+    # k > 0: the decoder also predicts a k x k softmax kernel per patch that moves x_t's pixels,
+    # plus the pixel head's residual (needs predict_residual); 0: LAPA's decoder
     c.motion_kernel = 0
-    # experimental, off everywhere (not measured in a LAM with the "max" code head):
-    # True: add a linear embedding of the pixel difference x_{t+H} - x_t to the future frame's
-    # patch tokens before the encoder. Supervised with the true (dx, dy), LAPA's encoder learns
-    # nothing in 400 steps; with the difference it starts to. False: LAPA's encoder
+    # experimental, off everywhere: add an embedding of x_{t+H} - x_t to the future frame's
+    # patch tokens before the encoder; False: LAPA's encoder
     c.difference_embedding = False
     # "max": the action vectors are a linear map of each feature's largest rise plus largest fall
-    # over the patch grid (future minus current frame's features). Supervised with the true
-    # (dx, dy), it learns them where LAPA's head (local convs per frame, then the difference)
-    # learns almost nothing in 400 steps (bench_lam_encoder_ceiling.py). "lapa": LAPA's head
+    # over the patch grid (future minus current features); "lapa": LAPA's conv head per frame
     c.code_head = "lapa"
     if preset == "lapa":
         c.lapa_token_layout = True
@@ -109,7 +101,7 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
         c.dim, c.quant_dim = 1024, 32
         c.spatial_depth = c.temporal_depth = 8
         c.heads, c.dim_head = 16, 64
-    elif preset == "small":
+    elif preset == "small":  # both options on: better gain, sensitivity and probe R^2 than LAPA's heads
         c.motion_kernel, c.code_head = 7, "max"
     elif preset == "tiny":  # tests: LAPA's heads (the small preset's are tested with them on)
         c.dim, c.quant_dim = 64, 8

@@ -69,20 +69,6 @@ def test_action_sensitivity():
         metrics.action_sensitivity([1.0, 2.0], [1.0])
 
 
-def test_derangement_is_a_permutation_without_fixed_points():
-    rng = np.random.default_rng(0)
-    for n in range(2, 40):
-        perm = metrics.derangement(n, rng)
-        assert sorted(perm.tolist()) == list(range(n))
-        assert not np.any(perm == np.arange(n))
-    # n = 3 has exactly two derangements; a random one should give both
-    seen = {tuple(metrics.derangement(3, rng).tolist()) for _ in range(50)}
-    assert seen == {(1, 2, 0), (2, 0, 1)}
-    assert metrics.derangement(0).shape == (0,)
-    with pytest.raises(ValueError):
-        metrics.derangement(1)
-
-
 # ------------------------------------------------------------------------------------------------------
 # Codebook statistics
 
