@@ -8,11 +8,17 @@ back with ``tfds.builder_from_directory(<dir>/tabletop/1.0.0)``. Each step holds
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING start-up lines
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice (tf only writes records here)
 import tensorflow_datasets as tfds
 
 STATE_DIM = 5  # gripper x, y, z, yaw, closed
@@ -110,5 +116,7 @@ def write_rlds(episodes: Callable[[], Iterable[dict[str, Any]]], data_dir: Path,
     """Writes the episodes that ``episodes()`` yields as TFRecords under ``data_dir``;
     returns the versioned dataset directory."""
     builder = TabletopRlds(episodes=episodes, image_size=image_size, data_dir=str(data_dir))
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # tfds prints 'Downloading and preparing dataset ...' to stdout although nothing is downloaded
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return Path(builder.data_dir)

@@ -305,6 +305,8 @@ def rlds_episodes(
     one row per step (so [num_frames, A]); a dict of vectors is flattened and concatenated in
     sorted key order. Episode id: ``episode_metadata/episode_id`` when present, else ``<split>_<i>``.
     """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING start-up lines
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice (tf only reads records here)
     import tensorflow_datasets as tfds
 
     path = Path(path)

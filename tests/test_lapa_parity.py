@@ -93,7 +93,10 @@ def test_bf16_release_checkpoint_matches_lapa():
     assert checked > 0
 
 
-def test_writer_reproduces_lapa_files_byte_for_byte(model, tmp_path):
+def test_writer_reproduces_lapa_files_byte_for_byte(tmp_path):
+    """Written from a model in the fixture's own layout (scanned or per layer, as LAPA ran it)."""
+    scan_layers = from_lapa_config(FIXTURE / "config.json").scan_layers
+    model = load_lapa_params(FIXTURE / "params", _config(scan_layers=scan_layers))
     save_lapa_params(model, tmp_path / "params", float_dtype=None)
     assert (tmp_path / "params").read_bytes() == (FIXTURE / "params").read_bytes()
     if (FIXTURE / "params_bf16").exists():

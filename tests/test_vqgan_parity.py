@@ -109,8 +109,12 @@ def test_writer_round_trips_the_lwm_pickle(model, tmp_path):
 
 def test_mismatched_config_is_an_error_naming_the_parameter(tmp_path):
     cfg = fixture_config()
-    cfg.num_embeddings = 128
-    with pytest.raises(VQGANCheckpointError, match=r"quantize/embeddings has shape \(64, 16\).*\(128, 16\)"):
+    codes, dim = cfg.num_embeddings, cfg.quantized_embed_dim  # the fixture's codebook
+    cfg.num_embeddings = 2 * codes
+    with pytest.raises(
+        VQGANCheckpointError,
+        match=rf"quantize/embeddings has shape \({codes}, {dim}\).*\({2 * codes}, {dim}\)",
+    ):
         load_lwm_vqgan(FIXTURE / "vqgan", cfg)
     cfg = fixture_config()
     cfg.channel_mult = (1, 2, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,19 +36,77 @@ class LoopSettings:
     items_name: str = "examples"
 
 
+# the directory that holds the installed packages, so the repository's config paths
+# (latent_pretraining/configs/..., lam/configs/...) resolve from any working directory
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# absl's help flags (and -h) -> whether the help is the short one (the main module's flags)
+HELP_ARGS = {
+    "-h": True,
+    "-?": True,
+    "-help": True,
+    "--help": True,
+    "-helpshort": True,
+    "--helpshort": True,
+    "-helpfull": False,
+    "--helpfull": False,
+}
+
+
 def config_main(train: Callable[[Any], Any], default_config: str, argv: list[str] | None = None) -> None:
     """Runs ``train(config)`` with ``--config=<file.py>:<preset>`` and ``--config.a.b=value``
-    flags (ml_collections + absl); orbax's per-save INFO logs are silenced."""
+    flags (ml_collections + absl); orbax's per-save INFO logs are silenced. ``--help`` prints
+    the config's fields with their values and exits 0 (absl's exits 1 and lists none of them,
+    since the config flag is not defined in the main module)."""
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", default_config, "Run config: a Python file and preset.")
+    argv = resolve_config_args(sys.argv if argv is None else argv)
+    helps = [HELP_ARGS[a] for a in argv[1:] if a in HELP_ARGS]
+    argv = [argv[0], *(a for a in argv[1:] if a not in HELP_ARGS)]  # parsed, so the help shows them
+    config_flags.DEFINE_config_file(
+        "config", resolve_config_path(default_config), "Run config: a Python file and preset."
+    )
     logging.set_verbosity(logging.WARNING)
 
     def run(_) -> None:  # absl treats a return value as the exit status
-        run_cli(train, flags.FLAGS.config)
+        if helps:
+            app.usage(shorthelp=helps[0], writeto_stdout=True)
+            print(config_help(config_flags.get_config_filename(flags.FLAGS["config"]), flags.FLAGS.config))
+        else:
+            run_cli(train, flags.FLAGS.config)
 
     app.run(run, argv=argv)
+
+
+def resolve_config_path(spec: str) -> str:
+    """``<file.py>[:<preset>]`` with a relative file that does not exist in the working directory
+    taken relative to ``PACKAGE_ROOT`` when it is there (paths that exist are kept as given)."""
+    path, colon, preset = spec.partition(":")
+    if not Path(path).exists() and (PACKAGE_ROOT / path).is_file():
+        path = str(PACKAGE_ROOT / path)
+    return path + colon + preset
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``--config=...`` / ``--config ...`` passed through
+    ``resolve_config_path``; ``--config.a.b=value`` overrides are left alone."""
+    names = ("--config", "-config")
+    out = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if eq and name in names:
+            arg = f"{name}={resolve_config_path(value)}"
+        elif i > 0 and argv[i - 1] in names:
+            arg = resolve_config_path(arg)
+        out.append(arg)
+    return out
+
+
+def config_help(spec: str, config: Any) -> str:
+    """The config's fields as ``--config.a.b=value`` lines, under the file they came from."""
+    fields = _flat(config.to_dict(), "--config")
+    lines = [f"--config={spec}: the run config; each field below is set with --config.<field>=<value>"]
+    return "\n".join(lines + [f"  {key}={value!r}" for key, value in fields.items()])
 
 
 def run_cli(train: Callable[[Any], Any], config: Any) -> Any:

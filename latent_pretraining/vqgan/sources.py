@@ -5,6 +5,7 @@ Each is an indexable collection of uint8 RGB images (``len`` and ``[i]``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,8 @@ def rlds_images(
     path: str | Path, limit: int = 0, image_key: str = "image", split: str = "train"
 ) -> ArrayImages:
     """Frames ``steps/observation/<image_key>`` of an RLDS dataset directory (Open X-Embodiment layout)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING start-up lines
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice (tf only reads records here)
     import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(str(path))
