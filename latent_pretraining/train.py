@@ -193,6 +193,8 @@ def _action_errors(predicted, local, example, rows, bins):
 
 
 def _initialise(state: TrainState, config, mesh) -> TrainState:
+    """The state with ``config.init``'s parameters: a LAPA ``params::`` file, or the newest
+    checkpoint of another run (its parameters only, read-only: the optimizer may differ)."""
     if not config.init:
         return state
     if config.init.startswith("params::"):
@@ -201,11 +203,16 @@ def _initialise(state: TrainState, config, mesh) -> TrainState:
             config.init, config.model, mesh=mesh, seed=config.seed, initialise_missing=new_vocabs
         )
         return {**state, "params": nnx.state(model, nnx.Param)}
-    restored = Checkpointer(config.init, read_only=True).restore(abstract_state(state))
+    donor = Checkpointer(config.init, read_only=True)
+    try:
+        restored = donor.restore_params(abstract_state(state["params"]))
+    finally:
+        donor.close()
     if restored is None:
         raise FileNotFoundError(f"init={config.init!r}: no checkpoint of this trainer there")
-    print(f"initialised parameters from {config.init}", flush=True)
-    return {**state, "params": restored[0]["params"]}
+    params, step = restored
+    print(f"initialised parameters from {donor.directory}/{step} (parameters only)", flush=True)
+    return {**state, "params": params}
 
 
 def _action_bins(config: ml_collections.ConfigDict) -> ActionBins | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+import jax
 import msgpack
 import numpy as np
+import optax
 import pytest
 from conftest import LAPA_VLA_FIXTURE
 from helpers import (
@@ -21,7 +23,9 @@ from latent_pretraining import train as vla_train
 from latent_pretraining.config import from_lapa_config
 from latent_pretraining.configs.lapa import get_config
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records
+from latent_pretraining.model import VLAModel
 from latent_pretraining.sharding import make_mesh
+from latent_pretraining.training.state import create_train_state
 
 LAPA_FIXTURE = LAPA_VLA_FIXTURE
 
@@ -203,3 +207,42 @@ def test_held_out_images_are_never_augmented_and_the_modes_are_recorded(tmp_path
     assert modes == [("train.jsonl", "augment"), ("eval.jsonl", "center_crop")]
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
     assert (recorded["pp_train"], recorded["pp_eval"]) == ("augment", "center_crop")
+
+
+class _StartedError(Exception):
+    """Stops a run once its step-0 state is known."""
+
+
+def test_init_from_a_run_loads_its_parameters_only_across_optimizer_changes(tmp_path, sp_model, monkeypatch):
+    write_latent_jsonl(tmp_path / "train.jsonl", 32)
+    data = {"data.train": str(tmp_path / "train.jsonl"), "async_checkpoints": False}
+    final = {}
+    run, initialise = vla_train.loop.run, vla_train._initialise
+
+    def keep_final(*args, **kwargs):
+        state, last = run(*args, **kwargs)
+        final["donor"] = jax.device_get(state["params"])
+        return state, last
+
+    monkeypatch.setattr(vla_train.loop, "run", keep_final)
+    vla_train.train(_config(tmp_path / "donor", sp_model, total_steps=3, save_every=3, **data))
+    donor = tmp_path / "donor" / "run"
+    files = sorted(donor.rglob("*"))
+
+    def stop_at_step_zero(state, config, mesh):
+        final["started"] = jax.device_get(initialise(state, config, mesh)["params"])
+        raise _StartedError
+
+    monkeypatch.setattr(vla_train, "_initialise", stop_at_step_zero)
+    config = _config(tmp_path / "new", sp_model, init=str(donor), **{"optimizer.accumulate_steps": 2}, **data)
+    with pytest.raises(_StartedError):  # a MultiSteps optimizer state
+        vla_train.train(config)
+    jax.tree.map(np.testing.assert_array_equal, final["started"], final["donor"])
+
+    config.optimizer.accumulate_steps, config.optimizer.frozen = 1, "layers/.*"
+    frozen, _ = vla_train.build_optimizer(config)  # a multi_transform optimizer state
+    mesh = make_mesh(config.mesh)
+    _, state, _ = create_train_state(lambda rngs: VLAModel(config.model, rngs=rngs), optax.adam(1e-3), mesh)
+    started = initialise({**state, "opt_state": frozen.init(state["params"])}, config, mesh)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(started["params"]), final["donor"])
+    assert sorted(donor.rglob("*")) == files  # read-only: the donor gains nothing

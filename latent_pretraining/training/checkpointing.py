@@ -141,6 +141,28 @@ class Checkpointer:
         there is none. Each newer step that fails is reported in one line (and, unless read-only,
         moved to ``<step>.damaged-<n>``); CheckpointError names every step's cause if none restores."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        newest = self._restore_newest(args)
+        if newest is None:
+            return None
+        restored, _ = newest
+        return restored["state"], dict(restored["data"])
+
+    def restore_params(self, abstract_params: Any) -> tuple[Any, int] | None:
+        """Only the ``params`` of the newest checkpoint that restores (onto ``abstract_params``'s
+        shardings) and its step, or None if there is none: nothing else of the state is read, so
+        the saving run's optimizer need not match. Damaged steps are handled as in :meth:`restore`."""
+        item = {"params": abstract_params}
+        partial = ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+        )
+        newest = self._restore_newest(ocp.args.Composite(state=partial))
+        if newest is None:
+            return None
+        restored, step = newest
+        return restored["state"]["params"], step
+
+    def _restore_newest(self, args: ocp.args.Composite) -> tuple[Any, int] | None:
+        """``args`` restored from the newest step that takes them, and that step (see :meth:`restore`)."""
         causes: dict[int, str] = {}
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
@@ -151,7 +173,7 @@ class Checkpointer:
                 continue
             self._set_aside(causes, step)
             log.info("restored checkpoint %s/%d", self.directory, step)
-            return restored["state"], dict(restored["data"])
+            return restored, step
         if causes:
             each = "; ".join(f"step {s} ({cause})" for s, cause in causes.items())
             raise CheckpointError(
