@@ -1,8 +1,9 @@
 """The latent action model's export format, and one loader for it and for LAPA's ``.pt``.
 
-An export is a directory with ``lam_config.json`` (the model config) and ``lam_state.msgpack``
-(every variable of the model, codebook included, as flax msgpack). It is written under a
-temporary name and renamed, so a directory that exists is complete.
+An export is a directory with ``lam_config.json`` (the model config), ``lam_state.msgpack``
+(every variable of the model, codebook included, as flax msgpack) and ``lam_data.json`` (the data
+settings it was trained with, which ``lam.label`` must reuse: its codes describe the change over
+H frames). It is written under a temporary name and renamed, so a directory that exists is complete.
 """
 
 from __future__ import annotations
@@ -19,13 +20,28 @@ from flax import nnx, serialization
 
 from lam.model import LatentActionModel, get_lam_config
 
-CONFIG_FILE, STATE_FILE = "lam_config.json", "lam_state.msgpack"
+CONFIG_FILE, STATE_FILE, DATA_FILE = "lam_config.json", "lam_state.msgpack", "lam_data.json"
 # model options added after exports were first written: an export without one was trained
 # without it, i.e. with LAPA's setting (the lapa preset has every option beyond LAPA off)
 LATER_OPTIONS = ("match_brightness", "motion_kernel", "difference_embedding", "code_head")
 
 
-def save_lam(model: LatentActionModel, out: str | Path) -> Path:
+def data_settings(config: ml_collections.ConfigDict) -> dict:
+    """What of a ``lam.train`` config labelling must match: H (frames, or seconds when
+    ``offset_seconds`` > 0), the source kind, its RLDS image key, and the frame resolution."""
+    data = config.data
+    return {
+        "source": data.source,
+        "offset": int(data.offset),
+        "offset_seconds": float(data.offset_seconds) if data.offset_seconds else None,
+        "image_key": data.image_key if data.source == "rlds" else None,
+        "image_size": int(config.model.image_size),
+    }
+
+
+def save_lam(model: LatentActionModel, out: str | Path, data: dict | None = None) -> Path:
+    """Writes the export ``out``; ``data`` (:func:`data_settings`) goes to ``lam_data.json``,
+    left out only where they are unknown (e.g. a converted LAPA ``.pt``)."""
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -33,10 +49,30 @@ def save_lam(model: LatentActionModel, out: str | Path) -> Path:
     state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(model)))
     (tmp / STATE_FILE).write_bytes(serialization.msgpack_serialize(state))
     (tmp / CONFIG_FILE).write_text(model.cfg.to_json(indent=2))
+    if data is not None:
+        (tmp / DATA_FILE).write_text(json.dumps(data, indent=2))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def export_dir(path: str | Path) -> Path | None:
+    """The export directory ``path`` names (itself, or a run directory's ``export/``), or None."""
+    path = Path(path)
+    for candidate in (path / "export", path):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    return None
+
+
+def load_data_settings(path: str | Path) -> dict | None:
+    """The data settings an export (or a run directory's) records; None for LAPA's ``.pt`` or an
+    export written before they were recorded."""
+    export = export_dir(path)
+    if export is None or not (export / DATA_FILE).is_file():
+        return None
+    return json.loads((export / DATA_FILE).read_text())
 
 
 def load_config(path: str | Path) -> ml_collections.ConfigDict:
@@ -57,12 +93,12 @@ def load_lam(path: str | Path, *, image_size: int = 256, code_seq_len: int = 4) 
         from lam.convert import load_lapa_laq
 
         return load_lapa_laq(path, image_size, code_seq_len)
-    if (path / "export" / CONFIG_FILE).exists():
-        path = path / "export"
-    if not (path / CONFIG_FILE).exists():
+    export = export_dir(path)
+    if export is None:
         raise FileNotFoundError(
             f"{path}: no {CONFIG_FILE} (expected a LAM export, a run directory or a .pt file)"
         )
+    path = export
     cfg = load_config(path)
     model = LatentActionModel(cfg, nnx.Rngs(0))
     try:

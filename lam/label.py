@@ -1,7 +1,7 @@
 """Labels videos with latent action codes: LAPA's latent-pretraining JSONL.
 
     python -m lam.label --lam runs/lam --source folder --path data/tabletop/videos --out latent.jsonl \\
-        [--offset 1 | --offset_seconds 0.5] [--tail clamp|drop] [--vqgan_checkpoint runs/vq/vqgan]
+        [--tail clamp|drop] [--vqgan_checkpoint runs/vq/vqgan]
 
 ``--lam`` is a LAM export or training run directory, or LAPA's ``.pt`` (then ``--image_size``
 and ``--code_seq_len`` describe it). One row per frame t of every episode, in episode order:
@@ -10,7 +10,12 @@ and ``--code_seq_len`` describe it). One row per frame t of every episode, in ep
      should the robot take to `<task>` ASSISTANT:", "delta": ["3", "0", "7", "1"],
      "fields": "[instruction],[vision],delta"}  (+ "vision": [...] with --vqgan_checkpoint)
 
-``delta`` holds the codes of the pair (t, t+H). **End of an episode**: frames with no t+H
+``delta`` holds the codes of the pair (t, t+H). **H and the RLDS image key** are the LAM's own
+(its export's ``lam_data.json``): an explicit ``--offset`` / ``--offset_seconds`` / ``--image_key``
+that differs is refused unless ``--override_data_settings``; an export without the record (older,
+or LAPA's ``.pt``) labels with ``--offset`` (default 1 frame) and says so. An episode without an
+instruction is an error (its prompt would ask about an empty task) unless
+``--allow_empty_instruction``. **End of an episode**: frames with no t+H
 are paired with the episode's last frame (``--tail clamp``, LAPA's labelling; the last frame
 is paired with itself and gets the codes of "no change" as the model sees it) or left out
 (``--tail drop``). Sources whose frames are not files (videos, RLDS) get them written as PNG
@@ -36,7 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lam.checkpoint import load_lam
+from lam.checkpoint import DATA_FILE, export_dir, load_data_settings, load_lam
 from lam.data import Episode, PairBatches, frame_pairs, open_episodes
 from lam.model import LatentActionModel
 from latent_pretraining.batched import LocalBatchApply
@@ -46,6 +51,7 @@ from latent_pretraining.core.partial import PartialJsonl, fingerprint
 from latent_pretraining.prompts import lapa_instruction
 
 FIELDS = "[instruction],[vision],delta"
+DEFAULT_OFFSET, DEFAULT_IMAGE_KEY = 1, "image"  # for a LAM whose data settings are not recorded
 
 
 class CodeLabeler(LocalBatchApply):
@@ -82,12 +88,16 @@ def label(
     shard: tuple[int, int] = (0, 1),
     provenance: dict | None = None,
     restart: bool = False,
+    allow_empty_instruction: bool = False,
 ) -> dict:
     """Writes ``out`` (atomically, resumably); returns counts and code usage.
 
     ``provenance`` describes the model and options beyond the ones given here (the CLI
     passes the checkpoint's fingerprint); a leftover partial from any other provenance is
-    refused, or discarded with ``restart``."""
+    refused, or discarded with ``restart``. An episode with an empty instruction is a
+    ValueError naming it unless ``allow_empty_instruction``."""
+    if not allow_empty_instruction:
+        _check_instructions(episodes)
     pairs = frame_pairs(episodes, offset, offset_seconds, tail)[shard[0] :: shard[1]]
     frames_dir = frames_dir or out.with_name(out.name + ".frames")
     record = {
@@ -154,16 +164,95 @@ def label(
     }
 
 
+def _check_instructions(episodes: list[Episode]) -> None:
+    """Raises ValueError naming the first episode whose instruction is empty (and how many are):
+    LAPA's prompt would then name no task, and the VLA learn codes for an empty question."""
+    empty = [e.episode_id for e in episodes if not e.instruction.strip()]
+    if empty:
+        more = f" (and {len(empty) - 1} more of {len(episodes)})" if len(empty) > 1 else ""
+        raise ValueError(
+            f"episode {empty[0]!r} has an empty instruction{more}: its rows would read "
+            f"{lapa_instruction('')!r}. Give the source instructions, or pass --allow_empty_instruction"
+        )
+
+
+def _h_text(offset: int, offset_seconds: float | None) -> str:
+    """H as the options spell it: ``offset 30 frames`` or ``offset_seconds 0.5``."""
+    if offset_seconds is not None:
+        return f"offset_seconds {offset_seconds}"
+    return f"offset {offset} frame{'' if offset == 1 else 's'}"
+
+
+def data_options(
+    recorded: dict | None,
+    where: str,
+    offset: int | None,
+    offset_seconds: float | None,
+    image_key: str | None,
+    override: bool = False,
+) -> tuple[dict, str]:
+    """The ``offset``, ``offset_seconds`` and ``image_key`` to label with, and a line saying where
+    they come from. Unset ones come from ``recorded``, the LAM's data settings (read from
+    ``where``); a set one that differs is a ValueError naming both values unless ``override``."""
+    if recorded is None:
+        chosen = {
+            "offset": DEFAULT_OFFSET if offset is None else offset,
+            "offset_seconds": offset_seconds,
+            "image_key": image_key or DEFAULT_IMAGE_KEY,
+        }
+        return chosen, (
+            f"{where} records no data settings (an export from before {DATA_FILE}, or LAPA's .pt): "
+            f"labelling with {_h_text(chosen['offset'], chosen['offset_seconds'])}; make sure the LAM "
+            "was trained with it"
+        )
+    given = None  # the H the options set: (offset, offset_seconds)
+    if offset_seconds is not None:
+        given = (recorded["offset"] if offset is None else offset, offset_seconds)
+    elif offset is not None:
+        given = (offset, None)
+    trained = (recorded["offset"], recorded["offset_seconds"])
+    conflicts = []
+    if given is not None and _h_text(*given) != _h_text(*trained):
+        conflicts.append(f"--{_h_text(*given)} differs from the LAM's training {_h_text(*trained)}")
+    if image_key is not None and recorded["image_key"] not in (None, image_key):
+        conflicts.append(f"--image_key {image_key} differs from the LAM's training {recorded['image_key']}")
+    if conflicts and not override:
+        raise ValueError(
+            f"{'; '.join(conflicts)} ({where}): the LAM's codes describe the change it was trained on. "
+            "Leave the option out, or pass --override_data_settings to label with it anyway"
+        )
+    offset, offset_seconds = given or trained
+    chosen = {
+        "offset": offset,
+        "offset_seconds": offset_seconds,
+        "image_key": image_key or recorded["image_key"] or DEFAULT_IMAGE_KEY,
+    }
+    why = f"--override_data_settings: {'; '.join(conflicts)}" if conflicts else f"the LAM's, {where}"
+    return chosen, f"labelling with {_h_text(offset, offset_seconds)} ({why})"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lam", required=True, help="LAM export / run directory, or LAPA's .pt")
     p.add_argument("--source", required=True, choices=("folder", "video", "rlds", "jsonl"))
     p.add_argument("--path", required=True)
     p.add_argument("--out", required=True, help="latent-pretraining JSONL to write")
-    p.add_argument("--offset", type=int, default=1, help="H in frames")
+    p.add_argument("--offset", type=int, default=None, help="H in frames (default: the LAM's, else 1)")
     p.add_argument("--offset_seconds", type=float, default=None, help="H in seconds (needs the source's fps)")
     p.add_argument("--tail", choices=("clamp", "drop"), default="clamp", help="frames without t+H")
-    p.add_argument("--image_key", default="image", help="rlds: steps/observation/<image_key>")
+    p.add_argument(
+        "--image_key",
+        default=None,
+        help="rlds: steps/observation/<image_key> (default: the LAM's, else image)",
+    )
+    p.add_argument(
+        "--override_data_settings",
+        action="store_true",
+        help="label with --offset/--offset_seconds/--image_key although the LAM was trained with others",
+    )
+    p.add_argument(
+        "--allow_empty_instruction", action="store_true", help="label episodes that have no instruction"
+    )
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--frames_dir", default=None)
     p.add_argument("--vqgan_checkpoint", default=None, help="add 'vision' tokens with this VQGAN")
@@ -189,7 +278,13 @@ def _run(args: argparse.Namespace) -> dict:
         {"--out": out},
     )
     model = load_lam(args.lam, image_size=args.image_size, code_seq_len=args.code_seq_len)
-    options = {"image_key": args.image_key} if args.source == "rlds" else {}
+    recorded = load_data_settings(args.lam)
+    where = str(export_dir(args.lam) / DATA_FILE) if recorded is not None else args.lam
+    data, note = data_options(
+        recorded, where, args.offset, args.offset_seconds, args.image_key, args.override_data_settings
+    )
+    print(note, flush=True)
+    options = {"image_key": data["image_key"]} if args.source == "rlds" else {}
     episodes = open_episodes(args.source, args.path, **options)
     vqgan_encode = None
     if args.vqgan_checkpoint:
@@ -202,7 +297,7 @@ def _run(args: argparse.Namespace) -> dict:
         "source": [
             args.source,
             fingerprint(args.path) if os.path.isfile(args.path) else args.path,
-            args.image_key,
+            data["image_key"],
         ],
         "vqgan": [fingerprint(args.vqgan_checkpoint), args.vqgan_config],
     }
@@ -210,8 +305,8 @@ def _run(args: argparse.Namespace) -> dict:
         model,
         episodes,
         Path(args.out),
-        offset=args.offset,
-        offset_seconds=args.offset_seconds,
+        offset=data["offset"],
+        offset_seconds=data["offset_seconds"],
         tail=args.tail,
         batch_size=args.batch_size,
         frames_dir=Path(args.frames_dir) if args.frames_dir else None,
@@ -219,6 +314,7 @@ def _run(args: argparse.Namespace) -> dict:
         shard=args.shard,
         provenance=provenance,
         restart=args.restart,
+        allow_empty_instruction=args.allow_empty_instruction,
     )
 
 

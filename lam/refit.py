@@ -16,9 +16,9 @@ the trained model, so labels from the two exports do not line up. It scores the 
 and after on the run's held-out pairs exactly as training does (``lam.train.Evaluator``; files
 under ``<run>/refit/codebook`` and ``<run>/refit/refit``), prints one JSON line per codebook
 (with its distortion: the mean squared distance of the fit vectors to their code), and
-writes the refit model as an export (atomically; default ``<run>/export_refit``), ready for
-``lam.label``. Data, seed and evaluation settings come from the run's ``config.json``. It runs
-as one process (the vectors are encoded on its devices, k-means on its host).
+writes the refit model as an export (atomically; default ``<run>/export_refit``, with the run's
+data settings), ready for ``lam.label``. Data, seed and evaluation settings come from the run's
+``config.json``. It runs as one process (the vectors are encoded on its devices, k-means on its host).
 For codebook quantizers (``nsvq``, ``vq_ema``); FSQ has no codebook.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from lam.checkpoint import load_lam, save_lam
+from lam.checkpoint import data_settings, load_lam, save_lam
 from lam.data import PairBatches
 from lam.model import LatentActionModel
 from lam.quantizers import nearest
@@ -142,7 +142,7 @@ def refit(
         codebook = np.asarray(model.quantizer.codebook[...])
         row = {"codebook": name, "fit_distortion": round(distortion(vectors, codebook), 4)}
         rows.append({**row, **quality_summary(report)})
-    save_lam(model, out)
+    save_lam(model, out, data_settings(config))
     return rows
 
 

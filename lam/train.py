@@ -11,7 +11,8 @@ codes minus with another pair's), codebook usage and perplexity per position and
 when the source has actions, linear/MLP probe R^2 and mutual information between codes and
 the true action (``eval.probe_dims``). Each evaluation writes ``quality_<step>.json`` and
 PNG grids; the end of training writes ``quality.json`` and the export ``<run_dir>/export``
-(``lam.checkpoint``). A rerun with the same run_dir resumes from its newest checkpoint.
+(``lam.checkpoint``, with the data settings ``lam.label`` reuses). A rerun with the same run_dir
+resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import optax
 from flax import nnx
 
 from lam import metrics
-from lam.checkpoint import save_lam
+from lam.checkpoint import data_settings, save_lam
 from lam.data import (
     Episode,
     PairBatches,
@@ -342,7 +343,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     )
     state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, evaluator, start)
     if jax.process_index() == 0:
-        save_lam(nnx.merge(graphdef, state["params"], state["rest"]), run_dir / "export")
+        model = nnx.merge(graphdef, state["params"], state["rest"])
+        save_lam(model, run_dir / "export", data_settings(config))
         print(f"exported {run_dir / 'export'}", flush=True)
     return last
 

@@ -90,7 +90,10 @@ def _frames_jsonl(tmp: Path, n: int = 4) -> Path:
         Image.fromarray(np.full((64, 64, 3), 20 * t, np.uint8)).save(tmp / "frames" / f"{t}.png")
     path = tmp / "frames" / "frames.jsonl"
     path.write_text(
-        "".join(json.dumps({"image": f"{t}.png", "episode_id": "e", "t": t}) + "\n" for t in range(n))
+        "".join(
+            json.dumps({"image": f"{t}.png", "episode_id": "e", "t": t, "instruction": "push"}) + "\n"
+            for t in range(n)
+        )
     )
     return path
 

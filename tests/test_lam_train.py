@@ -464,7 +464,7 @@ def test_label_drop_tail_resume_and_rlds_frames(trained, tabletop_videos, tmp_pa
         f.write(rows[8][:20])
     # ... but not with another offset, whose codes would differ from the rows already written
     with pytest.raises(SystemExit, match=r"offset: 1 -> 2.*--restart"):
-        label_main([*args, "--out", str(resumed), "--offset", "2"])
+        label_main([*args, "--out", str(resumed), "--offset", "2", "--override_data_settings"])
     label_main([*args, "--out", str(resumed)])
     assert resumed.read_text() == full.read_text().replace(str(full), str(resumed))
 
@@ -495,3 +495,98 @@ def test_mesh_data_parallel_labeller_matches_plain_model(trained):
     codes = CodeLabeler(model, batch_size=16)(frames)  # 8 devices, padded batch
     assert codes.shape == (11, 4)
     np.testing.assert_array_equal(codes, np.asarray(jax.jit(model.codes)(jnp.asarray(frames))))
+
+
+def _export_with_data(trained, tmp_path: Path, **settings) -> Path:
+    """A copy of the trained export whose recorded data settings are changed by ``settings``
+    (a setting ``None`` removes the record, as in an export written before it existed)."""
+    import shutil
+
+    config, _ = trained
+    export = Path(shutil.copytree(Path(config.run_dir) / "export", tmp_path / "export"))
+    record = export / "lam_data.json"
+    if None in settings.values():
+        record.unlink()
+    else:
+        record.write_text(json.dumps({**json.loads(record.read_text()), **settings}))
+    return export
+
+
+def _codes(rows: list[str]) -> list[list[int]]:
+    return [[int(c) for c in json.loads(r)["delta"]] for r in rows]
+
+
+def test_export_records_its_data_settings_and_label_defaults_to_them(
+    trained, tabletop_videos, tmp_path, monkeypatch, capsys
+):
+    config, _ = trained
+    recorded = json.loads((Path(config.run_dir) / "export" / "lam_data.json").read_text())
+    assert recorded == {"source": "tabletop", "offset": 1, "offset_seconds": None, "image_key": None,
+                        "image_size": 64}  # fmt: skip
+    export = _export_with_data(trained, tmp_path, offset=2)  # as if trained with H = 2 frames
+    episodes = image_folders(tabletop_videos / "videos")
+    model = load_lam(export)
+    frames = PairBatches(episodes).make_batch(frame_pairs(episodes, 2, tail="clamp")[:8], 64)["frames"]
+    args = ["--lam", str(export), "--source", "folder", "--path", str(tabletop_videos / "videos"),
+            "--batch_size", "8"]  # fmt: skip
+    label_main([*args, "--out", str(tmp_path / "h2.jsonl")])  # H comes from the export
+    rows = (tmp_path / "h2.jsonl").read_text().splitlines()
+    assert _codes(rows[:8]) == np.asarray(model.codes(jnp.asarray(frames))).tolist()
+    assert "offset 2 frames" in capsys.readouterr().out
+    for flag, value in (("--offset", "1"), ("--offset_seconds", "0.5")):
+        with pytest.raises(SystemExit, match=rf"{flag} {value} .* offset 2 .*--override_data_settings"):
+            label_main([*args, "--out", str(tmp_path / "h1.jsonl"), flag, value])
+    label_main([*args, "--out", str(tmp_path / "h1.jsonl"), "--offset", "1", "--override_data_settings"])
+    label_main(["--lam", config.run_dir, *args[2:], "--out", str(tmp_path / "trained_h1.jsonl")])
+    assert (tmp_path / "h1.jsonl").read_text() == (tmp_path / "trained_h1.jsonl").read_text().replace(
+        "trained_h1", "h1"
+    )
+    # an export from before the record: today's defaults (H = 1 frame), and a line saying so
+    old = _export_with_data(trained, tmp_path / "old", offset=None)
+    label_main(["--lam", str(old), *args[2:], "--out", str(tmp_path / "old.jsonl")])
+    assert "records no data settings" in capsys.readouterr().out
+    assert (tmp_path / "old.jsonl").read_text() == (tmp_path / "h1.jsonl").read_text().replace("h1", "old")
+    # the resume record holds the offset the rows were labelled with, the export's
+    from lam.label import CodeLabeler
+
+    def killed(self, frames):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(CodeLabeler, "__call__", killed)
+    with pytest.raises(KeyboardInterrupt):
+        label_main([*args, "--out", str(tmp_path / "killed.jsonl")])
+    manifest = json.loads((tmp_path / "killed.jsonl.partial.json").read_text())
+    assert (manifest["provenance"]["offset"], manifest["provenance"]["offset_seconds"]) == (2, None)
+
+
+def test_label_refuses_an_episode_without_instruction_unless_allowed(trained, tmp_path):
+    from PIL import Image
+
+    config, _ = trained
+    for episode in ("wave", "silent"):
+        (tmp_path / "videos" / episode).mkdir(parents=True)
+        for t in range(3):
+            Image.fromarray(np.full((64, 64, 3), 60 * t, np.uint8)).save(
+                tmp_path / "videos" / episode / f"{t}.png"
+            )
+    (tmp_path / "videos" / "wave" / "instruction.txt").write_text("wave the arm\n")
+    args = ["--lam", config.run_dir, "--source", "folder", "--path", str(tmp_path / "videos"),
+            "--out", str(tmp_path / "latent.jsonl")]  # fmt: skip
+    with pytest.raises(
+        SystemExit, match=r"episode 'silent' has an empty instruction.*--allow_empty_instruction"
+    ):
+        label_main(args)
+    assert not (tmp_path / "latent.jsonl").exists()
+    label_main([*args, "--allow_empty_instruction"])
+    rows = [json.loads(x) for x in (tmp_path / "latent.jsonl").read_text().splitlines()]
+    assert [r["instruction"].split("`")[1] for r in rows] == [""] * 3 + ["wave the arm"] * 3
+
+
+def test_refit_export_keeps_the_data_settings(trained, tmp_path):
+    config, _ = trained
+    out = tmp_path / "export_refit"
+    refit_main(
+        ["--run", config.run_dir, "--pairs", "32", "--restarts", "0", "--iterations", "1", "--out", str(out)]
+    )
+    recorded = (Path(config.run_dir) / "export" / "lam_data.json").read_text()
+    assert json.loads((out / "lam_data.json").read_text()) == json.loads(recorded)
