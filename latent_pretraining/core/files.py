@@ -35,6 +35,11 @@ def write_together(files: Sequence[tuple[Path, Callable[[Path], None]]]) -> None
 
     A failure at any point (a writer, a rename) leaves every previous output as it was and
     removes the temporary files: the outputs are replaced all together or not at all."""
+    real = [Path(path).resolve() for path, _ in files]
+    if len(set(real)) != len(real):
+        raise OutputPathError(f"two outputs name the same file: {[str(p) for p, _ in files]}")
+    for path, _ in files:
+        _recover(path)
     pid = os.getpid()
     temps = [path.with_name(f".{path.name}.tmp-{pid}") for path, _ in files]
     backups = [path.with_name(f".{path.name}.old-{pid}") for path, _ in files]
@@ -59,6 +64,18 @@ def write_together(files: Sequence[tuple[Path, Callable[[Path], None]]]) -> None
         raise
     for i in moved:
         backups[i].unlink(missing_ok=True)
+
+
+def _recover(path: Path) -> None:
+    """Undoes what a killed ``write_together`` left beside ``path``: its temporary copies go,
+    and a previous output it had moved aside comes back if ``path`` is missing."""
+    for tmp in stale_siblings(path, "tmp"):
+        tmp.unlink(missing_ok=True)
+    for old in stale_siblings(path, "old"):
+        if path.exists():
+            old.unlink(missing_ok=True)
+        else:
+            os.replace(old, path)
 
 
 def resolve_under(path_text: str, root: Path | None, where: str, explicit_root: bool = True) -> Path:

@@ -41,9 +41,27 @@ def fingerprint(path: str | os.PathLike | None) -> dict[str, Any] | None:
     return {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every differing leaf (nested dicts by dotted key), each value
+    shown in at most 120 characters."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line
+            for k in sorted(set(old) | set(new))
+            for line in _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
+    if old == new:
+        return []
+    short = lambda value: text if len(text := repr(value)) <= 120 else text[:117] + "..."  # noqa: E731
+    return [f"{prefix.rstrip('.')}: {short(old)} -> {short(new)}"]
+
+
+def paths(out: Path) -> dict[str, Path]:
+    """The files a resumable output ``out`` uses besides itself, by what they are."""
+    return {
+        "partial": out.with_name(out.name + ".partial"),
+        "record": out.with_name(out.name + ".partial.json"),
+    }
 
 
 class PartialJsonl:
@@ -54,8 +72,7 @@ class PartialJsonl:
 
     def __init__(self, out: Path, provenance: dict[str, Any], restart: bool = False):
         self.out = Path(out)
-        self.path = self.out.with_name(self.out.name + ".partial")
-        self.manifest_path = self.out.with_name(self.out.name + ".partial.json")
+        self.path, self.manifest_path = paths(self.out)["partial"], paths(self.out)["record"]
         self.provenance = json.loads(json.dumps(provenance))  # as it will read back
         self.position, self.extra = 0, {}
         if restart:
@@ -74,13 +91,16 @@ class PartialJsonl:
             self._bytes = int(manifest["bytes"])
             self.position = int(manifest["position"])
             self.extra = dict(manifest.get("extra", {}))
-            if self.path.exists():
-                with open(self.path, "r+b") as f:  # drop whatever a killed run wrote past the record
-                    f.truncate(self._bytes)
+            with open(self.path, "r+b") as f:  # drop whatever a killed run wrote past the record
+                f.truncate(self._bytes)
+        self._write_manifest()  # before the partial exists: a partial is never without its record
         self._file = open(self.path, "ab")  # noqa: SIM115 (held across appends; closed by finish/close)
-        self._write_manifest()
 
     def _read_manifest(self) -> dict[str, Any] | None:
+        if self.manifest_path.exists() and not self.path.exists():
+            # a run killed after finishing (or before writing anything): nothing to resume
+            self.manifest_path.unlink()
+            return None
         if not self.manifest_path.exists():
             if self.path.exists():
                 raise PartialMismatchError(
@@ -92,7 +112,7 @@ class PartialJsonl:
             manifest = json.loads(self.manifest_path.read_text())
             if manifest.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"version {manifest.get('version')!r}, expected {MANIFEST_VERSION}")
-            size = self.path.stat().st_size if self.path.exists() else 0
+            size = self.path.stat().st_size
             if int(manifest["bytes"]) > size:
                 raise ValueError(f"records {manifest['bytes']} bytes but the partial holds {size}")
         except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -32,6 +32,7 @@ from latent_pretraining.batched import LocalBatchApply
 from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths, resolve_under
 from latent_pretraining.core.partial import PartialJsonl, fingerprint
+from latent_pretraining.core.partial import paths as partial_paths
 from latent_pretraining.vqgan.images import PP_MODES, check_mode, load_image, preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
@@ -209,11 +210,10 @@ def encode_jsonl(
                 bar.update(1)
             flush(len(numbered))
         out.finish()
-    skipped_path = output_path.with_name(output_path.name + ".skipped.json")
     if skipped:
-        skipped_path.write_text(json.dumps(skipped))
+        skipped_path(output_path).write_text(json.dumps(skipped))
     else:
-        skipped_path.unlink(missing_ok=True)
+        skipped_path(output_path).unlink(missing_ok=True)
     took = time.perf_counter() - start
     blank = sum(1 for _, line in numbered[done:] if not line.strip())
     encoded = len(numbered) - done - (len(skipped) - resumed_skipped) - blank
@@ -226,6 +226,15 @@ def encode_jsonl(
         "seconds": took,
         "images_per_s": encoded / took if took else 0.0,
     }
+
+
+def skipped_path(output: Path) -> Path:
+    """Where ``--skip_errors`` lists the input lines it skipped."""
+    return output.with_name(output.name + ".skipped.json")
+
+
+def _config_file(config: str | None) -> Path | None:
+    return Path(config) if config and config.endswith(".json") else None
 
 
 def load_model(checkpoint: Path, config: str | None) -> VQGAN:
@@ -266,7 +275,12 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv[1:])
     with exit_on():
         check_output_paths(
-            {"--input": args.input, "--checkpoint": args.checkpoint}, {"--output": args.output}
+            {"--input": args.input, "--checkpoint": args.checkpoint, "--config": _config_file(args.config)},
+            {
+                "--output": args.output,
+                **{f"--output's {kind}": path for kind, path in partial_paths(args.output).items()},
+                "--output's skipped list": skipped_path(args.output),
+            },
         )
         model = load_model(args.checkpoint, args.config)
         counts = encode_jsonl(
