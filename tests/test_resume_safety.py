@@ -82,6 +82,28 @@ def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(t
     assert "damaged" not in capsys.readouterr().out
 
 
+def test_a_passing_read_error_leaves_the_newest_step_in_place(tmp_path, monkeypatch):
+    """An I/O error or out-of-memory while restoring is not the step's fault: it is reported and
+    the step stays where it is, instead of being moved aside with training rolled back."""
+    directory = _save(tmp_path, [1, 2])
+    checkpointer = Checkpointer(tmp_path, save_every=1, async_save=False)
+    real = checkpointer.manager.restore
+
+    def flaky(step, args):
+        if step == 2:
+            raise OSError(5, "Input/output error")
+        return real(step, args=args)
+
+    monkeypatch.setattr(checkpointer.manager, "restore", flaky)
+    with pytest.raises(CheckpointError, match=rf"restoring checkpoint {directory}/2 failed .*left in place"):
+        checkpointer.restore(abstract_state(_state()))
+    monkeypatch.undo()
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2"]
+    state, _ = checkpointer.restore(abstract_state(_state()))
+    assert int(state["step"]) == 2
+    checkpointer.close()
+
+
 def test_no_restorable_checkpoint_is_one_error_naming_each_step(tmp_path):
     directory = _save(tmp_path, [1, 2])
     _damage(directory / "1", "delete")

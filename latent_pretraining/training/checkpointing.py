@@ -12,15 +12,18 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+DRAIN_SECONDS = 30.0  # how long a failed restore waits for orbax's reads still in flight
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +47,26 @@ def short_cause(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+# what a damaged step raises: missing or cut files, unreadable metadata, tensorstore data errors
+_DAMAGE_MARKERS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "No such file", "Unexpected end")
+
+
+def _is_damage(error: BaseException) -> bool:
+    """Whether a restore failed because of the step's files (not a passing I/O error or memory)."""
+    if isinstance(error, FileNotFoundError | EOFError | KeyError):
+        return True
+    if isinstance(error, OSError | MemoryError):
+        return False
+    return isinstance(error, ValueError) or any(marker in str(error) for marker in _DAMAGE_MARKERS)
+
+
+def _everywhere(ok: bool) -> bool:
+    """``ok`` on every process (an all-gather on multi-host runs; each host reads its own shards)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
 class _DrainingEventLoop(asyncio.SelectorEventLoop):
     """Finishes its pending tasks before closing. Orbax runs each restore in a fresh loop and
     closes it when the first array read fails; reads still in flight then report to the
@@ -53,8 +76,15 @@ class _DrainingEventLoop(asyncio.SelectorEventLoop):
 
     def close(self) -> None:
         if not self.is_running():
+            deadline = time.monotonic() + DRAIN_SECONDS
             while pending := [task for task in asyncio.all_tasks(self) if not task.done()]:
-                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                left = deadline - time.monotonic()
+                if left <= 0:  # never hang a restore on a read that does not finish
+                    for task in pending:
+                        task.cancel()
+                    self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                    break
+                self.run_until_complete(asyncio.wait(pending, timeout=left))
             self.run_until_complete(asyncio.sleep(0))  # the callbacks the last step scheduled
         super().close()
 
@@ -165,11 +195,19 @@ class Checkpointer:
         """``args`` restored from the newest step that takes them, and that step (see :meth:`restore`)."""
         causes: dict[int, str] = {}
         for step in sorted(self.manager.all_steps(), reverse=True):
+            cause = None
             try:
                 with _draining_event_loops():
                     restored = self.manager.restore(step, args=args)
             except Exception as error:
-                causes[step] = short_cause(error)
+                if not _is_damage(error):  # e.g. an I/O error or out of memory: not the step's fault
+                    raise CheckpointError(
+                        f"restoring checkpoint {self.directory}/{step} failed ({short_cause(error)}); "
+                        "it was left in place: rerun to try again"
+                    ) from error
+                cause = short_cause(error)
+            if not _everywhere(cause is None):  # every host must restore the same step
+                causes[step] = cause or "damaged on another host"
                 continue
             self._set_aside(causes, step)
             log.info("restored checkpoint %s/%d", self.directory, step)
