@@ -2,8 +2,13 @@
 
 import os
 
+# 8 fake CPU devices. XLA aborts the process when a device thread joins a collective later
+# than a termination timeout; a loaded 2-core machine running two test workers may reach the
+# default (a suspected cause of rare "Fatal Python error: Aborted" crashes), so it is raised
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8"
+    + " --xla_cpu_collective_call_terminate_timeout_seconds=900"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
