@@ -151,6 +151,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
 
     def one(var: Any) -> Any:
         value = var.get_value() if isinstance(var, nnx.Variable) else var
+        if not hasattr(value, "shape"):  # e.g. optax's MaskedNode: the state of a frozen group
+            return var
         axes = var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None
         spec = PartitionSpec() if axes is None else logical_to_spec(axes, value.shape, mesh)
         sharding = NamedSharding(mesh, spec)

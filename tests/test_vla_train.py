@@ -246,3 +246,14 @@ def test_init_from_a_run_loads_its_parameters_only_across_optimizer_changes(tmp_
     started = initialise({**state, "opt_state": frozen.init(state["params"])}, config, mesh)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(started["params"]), final["donor"])
     assert sorted(donor.rglob("*")) == files  # read-only: the donor gains nothing
+
+
+def test_training_with_frozen_groups_runs(tmp_path, sp_model):
+    """A frozen group's optimizer state holds optax MaskedNodes, which the sharding of the
+    train state must pass through."""
+    write_latent_jsonl(tmp_path / "train.jsonl", 16)
+    settings = {"data.train": str(tmp_path / "train.jsonl"), "total_steps": 3, "log_every": 1}
+    config = _config(tmp_path, sp_model, **settings, **{"optimizer.frozen": "layers/.*"})
+    config.save_every = 0
+    last = vla_train.train(config)
+    assert last["loss"] > 0
