@@ -379,12 +379,14 @@ class _Row:
     action: list[float] | None
 
 
-def jsonl_frames(path: str | Path, fps: float | None = None, check_files: bool = True) -> list[Episode]:
+def jsonl_frames(
+    path: str | Path, fps: float | None = None, check_files: bool = True, image_root: str | Path | None = None
+) -> list[Episode]:
     """LAPA-style JSONL, one row per frame: ``image`` (path; relative paths are resolved against
-    the JSONL's folder and may not leave it), optional ``episode_id`` (default: the image's
-    parent folder), ``t`` (default: order of appearance in its episode), ``instruction`` and
-    ``raw_actions`` or ``action`` (floats; ``raw_actions`` wins, since LAPA's finetune rows
-    put bin ids in ``action``).
+    the JSONL's folder and may not leave ``image_root``, default that folder), optional ``episode_id``
+    (default: the image's parent folder), ``t`` (default: order of appearance in its episode),
+    ``instruction`` and ``raw_actions`` or ``action`` (floats; ``raw_actions`` wins, since
+    LAPA's finetune rows put bin ids in ``action``).
 
     Rows are grouped by episode and ordered by t; frame k of an episode is its k-th smallest t.
     The instruction is the first non-empty one in that order. Actions must be given on every
@@ -397,14 +399,18 @@ def jsonl_frames(path: str | Path, fps: float | None = None, check_files: bool =
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, 1):
             if raw.strip():
-                episode_id, row = _parse_row(raw, f"{path}:{line_no}", path.parent, line_no, check_files)
+                episode_id, row = _parse_row(
+                    raw, f"{path}:{line_no}", path.parent, line_no, check_files, image_root
+                )
                 groups.setdefault(episode_id, []).append(row)
     if not groups:
         raise ValueError(f"{path} has no rows")
     return [_jsonl_episode(path, episode_id, rows, fps) for episode_id, rows in groups.items()]
 
 
-def _parse_row(raw: bytes, where: str, base: Path, line_no: int, check_files: bool) -> tuple[str, _Row]:
+def _parse_row(
+    raw: bytes, where: str, base: Path, line_no: int, check_files: bool, within: str | Path | None
+) -> tuple[str, _Row]:
     try:
         row = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -416,7 +422,7 @@ def _parse_row(raw: bytes, where: str, base: Path, line_no: int, check_files: bo
     image = row.get("image")
     if not isinstance(image, str) or not image:
         raise ValueError(f"{where}: field 'image': expected a path string, got {image!r}")
-    image_path = resolve_under(image, base, where, explicit_root=False)
+    image_path = resolve_under(image, base, where, explicit_root=False, within=within)
     if check_files and not image_path.is_file():
         raise FileNotFoundError(f"{where}: field 'image': image {image_path} does not exist")
     episode_id = row.get("episode_id", str(image_path.parent))

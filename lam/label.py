@@ -31,6 +31,7 @@ shard per host or job).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -48,6 +49,7 @@ from latent_pretraining.batched import LocalBatchApply
 from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths
 from latent_pretraining.core.partial import PartialJsonl, fingerprint
+from latent_pretraining.core.partial import paths as partial_paths
 from latent_pretraining.prompts import lapa_instruction
 
 FIELDS = "[instruction],[vision],delta"
@@ -102,7 +104,7 @@ def label(
     frames_dir = frames_dir or out.with_name(out.name + ".frames")
     record = {
         "tool": "lam.label",
-        "episodes": [[e.episode_id, e.num_frames] for e in episodes],
+        "episodes": episodes_digest(episodes),
         "model": model.cfg.to_dict(),
         "offset": offset,
         "offset_seconds": offset_seconds,
@@ -236,6 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lam", required=True, help="LAM export / run directory, or LAPA's .pt")
     p.add_argument("--source", required=True, choices=("folder", "video", "rlds", "jsonl"))
     p.add_argument("--path", required=True)
+    p.add_argument(
+        "--image_root",
+        default=None,
+        help="jsonl: the folder image paths may not leave (default: the JSONL's)",
+    )
     p.add_argument("--out", required=True, help="latent-pretraining JSONL to write")
     p.add_argument("--offset", type=int, default=None, help="H in frames (default: the LAM's, else 1)")
     p.add_argument("--offset_seconds", type=float, default=None, help="H in seconds (needs the source's fps)")
@@ -271,11 +278,17 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary), flush=True)
 
 
+def episodes_digest(episodes: list[Episode]) -> dict:
+    """The episodes' count and a hash of their ids and lengths: a fixed-size identity of a source."""
+    text = json.dumps([[e.episode_id, e.num_frames] for e in episodes])
+    return {"count": len(episodes), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
 def _run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     check_output_paths(
         {"--path": Path(args.path), "--lam": Path(args.lam), "--vqgan_checkpoint": args.vqgan_checkpoint},
-        {"--out": out},
+        {"--out": out, **{f"--out's {kind}": path for kind, path in partial_paths(out).items()}},
     )
     model = load_lam(args.lam, image_size=args.image_size, code_seq_len=args.code_seq_len)
     recorded = load_data_settings(args.lam)
@@ -285,6 +298,8 @@ def _run(args: argparse.Namespace) -> dict:
     )
     print(note, flush=True)
     options = {"image_key": data["image_key"]} if args.source == "rlds" else {}
+    if args.source == "jsonl" and args.image_root:
+        options["image_root"] = Path(args.image_root)
     episodes = open_episodes(args.source, args.path, **options)
     vqgan_encode = None
     if args.vqgan_checkpoint:
@@ -296,8 +311,9 @@ def _run(args: argparse.Namespace) -> dict:
         # a folder source is identified by its path and the episodes' ids and lengths (above)
         "source": [
             args.source,
-            fingerprint(args.path) if os.path.isfile(args.path) else args.path,
+            fingerprint(args.path) if os.path.isfile(args.path) else str(Path(args.path).resolve()),
             data["image_key"],
+            args.image_root and str(Path(args.image_root).resolve()),
         ],
         "vqgan": [fingerprint(args.vqgan_checkpoint), args.vqgan_config],
     }

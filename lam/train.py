@@ -282,6 +282,8 @@ def load_pairs(config: ml_collections.ConfigDict) -> tuple[list[Episode], np.nda
         )
     elif data.source == "rlds":
         options = dict(image_key=data.image_key)
+    elif data.source == "jsonl" and data.image_root:
+        options = dict(image_root=data.image_root)
     episodes = open_episodes(data.source, data.path, **options)
     if len(episodes) < 2:
         raise ValueError(

@@ -181,6 +181,8 @@ def test_jsonl_image_paths_stay_in_the_dataset_and_bytes_must_be_utf8(tmp_path):
     path.write_text('{"image": "../outside.png"}\n')
     with pytest.raises(ValueError, match=r"frames\.jsonl:1: image path '../outside.png' lies outside"):
         jsonl_frames(path)
+    (episode,) = jsonl_frames(path, image_root=tmp_path / "data" / "..")  # a wider root, when asked
+    assert episode.image_paths == [str(tmp_path / "outside.png")]
     path.write_bytes(b'{"image": "a\xff.png"}\n')
     with pytest.raises(ValueError, match=r"frames\.jsonl:1: not UTF-8 text"):
         jsonl_frames(path)

@@ -23,6 +23,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.data.source = "tabletop"  # tabletop | folder | video | jsonl | rlds
     c.data.path = ""
     c.data.image_key = "image"  # rlds: steps/observation/<image_key>
+    c.data.image_root = ""  # jsonl: the folder relative image paths may not leave ("": the JSONL's)
     c.data.offset = 1  # H in frames ...
     c.data.offset_seconds = 0.0  # ... or in seconds (> 0: H = round(seconds * fps) per video)
     c.data.drop_static = 0.0  # > 0: drop pairs whose mean |x_{t+H} - x_t| (in [0, 1]) is below this

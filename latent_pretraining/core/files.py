@@ -78,18 +78,22 @@ def _recover(path: Path) -> None:
             os.replace(old, path)
 
 
-def resolve_under(path_text: str, root: Path | None, where: str, explicit_root: bool = True) -> Path:
-    """The file a data row names: relative paths join ``root`` and may not leave it (``..``);
-    with an ``explicit_root`` (``--image_root``) absolute paths must lie inside it too."""
+def resolve_under(
+    path_text: str, root: Path | None, where: str, explicit_root: bool = True, within: Path | None = None
+) -> Path:
+    """The file a data row names: relative paths join ``root`` and may not leave ``within``
+    (default ``root``) by ``..``; with an ``explicit_root`` (``--image_root``) absolute paths
+    must lie inside it too. Symlinks inside the root are followed."""
     path = Path(path_text)
     if root is None:
         return path
     base = Path(os.path.abspath(root))
+    fence = base if within is None else Path(os.path.abspath(within))
     if path.is_absolute() and not explicit_root:
         return path
     joined = Path(os.path.normpath(base / path))
-    if joined != base and base not in joined.parents:
-        raise ValueError(f"{where}: image path {path_text!r} lies outside the image root {base}")
+    if joined != fence and fence not in joined.parents:
+        raise ValueError(f"{where}: image path {path_text!r} lies outside the image root {fence}")
     return joined
 
 
