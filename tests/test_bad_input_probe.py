@@ -582,6 +582,7 @@ if __name__ == "__main__":  # the tally: python tests/test_bad_input_probe.py
     import tempfile
 
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout, not an installed copy
     tally: dict[str, int] = {}
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
