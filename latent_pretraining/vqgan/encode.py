@@ -84,19 +84,10 @@ class RowEncoder:
         images: dict[int, np.ndarray] = {}
         failures: dict[int, EncodeError] = {}
         for i, (row, where) in enumerate(zip(rows, labels, strict=True)):
-            image = row.get("image")
-            if not isinstance(image, str):
-                failures[i] = EncodeError(f"{where}: field 'image': expected a path string, got {image!r}")
-                continue
             try:
-                path = resolve_under(image, self.image_root, where)
-            except ValueError as e:
-                failures[i] = EncodeError(str(e))
-                continue
-            try:
-                pixels = load_image(path)
-            except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for unreadable files
-                failures[i] = EncodeError(f"{where}: cannot read image {path}: {e}")
+                pixels = load_row_image(row, where, self.image_root)
+            except EncodeError as e:
+                failures[i] = e
                 continue
             images[i] = preprocess(pixels, self.encoder.resolution, mode, rng)
         order = list(images)
@@ -115,8 +106,24 @@ def load_row_encoder(
     return RowEncoder(load_model(Path(checkpoint), config), image_root)
 
 
-def _read_row(raw: bytes, where: str, image_root: Path | None) -> tuple[dict, Path] | None:
-    """A line of the input -> (row, image path); None for a blank line. Raises EncodeError."""
+def load_row_image(row: dict, where: str, image_root: Path | None) -> np.ndarray:
+    """The uint8 image a row's ``image`` names (relative paths join ``image_root`` and may not
+    leave it); an EncodeError naming ``where`` if there is none to read."""
+    image = row.get("image")
+    if not isinstance(image, str) or not image:
+        raise EncodeError(f"{where}: field 'image': expected a path string, got {image!r}")
+    try:
+        path = resolve_under(image, image_root, where)
+    except ValueError as e:
+        raise EncodeError(str(e)) from None
+    try:
+        return load_image(path)
+    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for unreadable files
+        raise EncodeError(f"{where}: cannot read image {path}: {e}") from None
+
+
+def _read_row(raw: bytes, where: str) -> dict | None:
+    """A line of the input -> its row; None for a blank line. Raises EncodeError."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -129,12 +136,7 @@ def _read_row(raw: bytes, where: str, image_root: Path | None) -> tuple[dict, Pa
         raise EncodeError(f"{where}: invalid JSON: {e}") from None
     if not isinstance(row, dict):
         raise EncodeError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if not isinstance(row.get("image"), str) or not row["image"]:
-        raise EncodeError(f"{where}: field 'image': expected a path string, got {row.get('image')!r}")
-    try:
-        return row, resolve_under(row["image"], image_root, where)
-    except ValueError as e:
-        raise EncodeError(str(e)) from None
+    return row
 
 
 def encode_jsonl(
@@ -192,13 +194,9 @@ def encode_jsonl(
                 number, raw = numbered[k]
                 where = f"{input_path}:{number}"
                 try:
-                    parsed = _read_row(raw, where, image_root)
-                    if parsed is not None:
-                        row, path = parsed
-                        try:
-                            image = load_image(path)
-                        except Exception as e:
-                            raise EncodeError(f"{where}: cannot read image {path}: {e}") from e
+                    row = _read_row(raw, where)
+                    if row is not None:
+                        image = load_row_image(row, where, image_root)
                         pending.append((row, preprocess(image, encoder.resolution, mode)))
                 except EncodeError:
                     if not skip_errors:
