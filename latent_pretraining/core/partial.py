@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from latent_pretraining.core.trees import flatten
+
 MANIFEST_VERSION = 1
 
 
@@ -41,19 +43,15 @@ def fingerprint(path: str | os.PathLike | None) -> dict[str, Any] | None:
     return {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every differing leaf (nested dicts by dotted key), each value
-    shown in at most 120 characters."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            line
-            for k in sorted(set(old) | set(new))
-            for line in _differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        ]
-    if old == new:
-        return []
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every differing leaf (dotted keys), each value cut to 120 characters."""
+    before, after = flatten(old), flatten(new)
     short = lambda value: text if len(text := repr(value)) <= 120 else text[:117] + "..."  # noqa: E731
-    return [f"{prefix.rstrip('.')}: {short(old)} -> {short(new)}"]
+    return [
+        f"{key}: {short(before.get(key))} -> {short(after.get(key))}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
 
 
 def paths(out: Path) -> dict[str, Path]:

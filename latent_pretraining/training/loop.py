@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
+from latent_pretraining.core.trees import flatten
 from latent_pretraining.sharding import maybe_initialize_distributed
 from latent_pretraining.training.checkpointing import Checkpointer, CheckpointError, saved_steps
 from latent_pretraining.training.data import BatchStream
@@ -104,7 +105,7 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 def config_help(spec: str, config: Any) -> str:
     """The config's fields as ``--config.a.b=value`` lines, under the file they came from."""
-    fields = _flat(config.to_dict(), "--config")
+    fields = flatten(config.to_dict(), "--config")
     lines = [f"--config={spec}: the run config; each field below is set with --config.<field>=<value>"]
     return "\n".join(lines + [f"  {key}={value!r}" for key, value in fields.items()])
 
@@ -125,18 +126,11 @@ RESUME_FIELDS = ("batch_size", "seed", "model")
 COMPUTE_ONLY_MODEL_FIELDS = frozenset({"dtype", "attention_backend", "remat_policy", "remat"})
 
 
-def _flat(tree: Any, prefix: str) -> dict[str, Any]:
-    """``{"a.b": leaf}`` for a nested JSON dict."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}").items()}
-
-
 def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key old -> new`` for each of ``RESUME_FIELDS`` that differs between two configs (JSON
     dicts). Fields only one of them has (options added or removed since) are not compared."""
-    before = {k: v for field in RESUME_FIELDS if field in old for k, v in _flat(old[field], field).items()}
-    after = {k: v for field in RESUME_FIELDS if field in new for k, v in _flat(new[field], field).items()}
+    before = flatten({field: old[field] for field in RESUME_FIELDS if field in old})
+    after = flatten({field: new[field] for field in RESUME_FIELDS if field in new})
     compute_only = {f"model.{name}" for name in COMPUTE_ONLY_MODEL_FIELDS}
     return [
         f"{key} {before[key]!r} -> {after[key]!r}"
