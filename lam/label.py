@@ -149,8 +149,8 @@ def label(
                     vision, failures = vqgan_encode(rows, [r["image"] for r in rows])
                     if failures:
                         raise next(iter(failures.values()))
-                    for k, row in enumerate(rows):
-                        row["vision"] = vision[k]
+                    for j, row in enumerate(rows):
+                        row["vision"] = vision[j]
                 partial.append((json.dumps(row) + "\n" for row in rows), start + len(rows))
                 bar.update(len(rows))
         partial.finish()
@@ -307,7 +307,7 @@ def _run(args: argparse.Namespace) -> dict:
 
         vqgan_encode = load_row_encoder(args.vqgan_checkpoint, args.vqgan_config)
     provenance = {
-        "lam": fingerprint(export if (export := Path(args.lam) / "export").is_dir() else args.lam),
+        "lam": fingerprint(export_dir(args.lam) or args.lam),  # a .pt file, or the export directory
         # a folder source is identified by its path and the episodes' ids and lengths (above)
         "source": [
             args.source,
