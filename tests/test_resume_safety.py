@@ -264,3 +264,10 @@ def test_trainer_resumes_past_a_damaged_checkpoint_and_refuses_a_new_batch_size(
     config.batch_size = 16
     with pytest.raises(ValueError, match="batch_size 8 -> 16"):
         action_decoder.train(config)
+
+
+def test_resume_conflicts_name_each_field_that_would_mix_runs():
+    old = {"batch_size": 8, "seed": 0, "total_steps": 10, "model": {"hidden": 64, "dtype": "float32"}}
+    new = {"batch_size": 8, "seed": 1, "total_steps": 20, "model": {"hidden": 32, "dtype": "bfloat16"}}
+    # seed and shapes conflict; the step budget and the compute dtype may change between reruns
+    assert loop.resume_conflicts(old, new) == ["model.hidden 64 -> 32", "seed 0 -> 1"]

@@ -97,6 +97,15 @@ def test_resume_refuses_a_partial_of_other_options_unless_restarted(model, rows,
     assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
 
 
+def test_resume_refuses_a_partial_of_another_checkpoint(model, rows, tmp_path, monkeypatch):
+    revive = _killed_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, model_source={"checkpoint": "a"})
+    revive()
+    with pytest.raises(PartialMismatchError, match=r"model.checkpoint: 'a' -> 'b'"):
+        encode_jsonl(model, rows, tmp_path / "out.jsonl", batch_size=8, model_source={"checkpoint": "b"})
+
+
 def test_a_partial_without_its_record_is_not_trusted(model, rows, tmp_path):
     (tmp_path / "out.jsonl.partial").write_text('{"id": 0, "vision": [1]}\n')  # from who knows where
     with pytest.raises(PartialMismatchError, match="no record of what produced it"):
