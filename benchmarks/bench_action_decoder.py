@@ -3,7 +3,7 @@
     python benchmarks/bench_action_decoder.py --lam runs/bench_lam_quality/vq_ema [--episodes 200]
 
 Simulates tabletop episodes, labels every step (t, t+1) with the LAM's codes, trains
-``latent_pretraining.action_decoder`` on the codes of 80% of the episodes and scores the
+``latent_pretraining.actions.decoder`` on the codes of 80% of the episodes and scores the
 rest: MAE per action dimension and gripper accuracy. Beside it, two references on the same
 held-out steps: the error of decoding ground-truth action bins (LAPA's 256 quantile bins
 fitted on the training steps; the floor set by discretisation) and of predicting the
@@ -23,8 +23,8 @@ from report import print_report
 from lam.checkpoint import load_lam
 from lam.data import PairBatches, frame_pairs, split_episodes, tabletop_episodes
 from lam.label import CodeLabeler
-from latent_pretraining.action_bins import ActionBins
-from latent_pretraining.action_decoder import train as train_decoder
+from latent_pretraining.actions.bins import ActionBins
+from latent_pretraining.actions.decoder import train as train_decoder
 from latent_pretraining.configs.action_decoder import get_config
 
 DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw")

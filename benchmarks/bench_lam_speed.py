@@ -19,8 +19,8 @@ from report import print_report
 from lam.configs.lam import get_config
 from lam.model import LatentActionModel
 from lam.train import build_optimizer, make_step
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import compile_step, create_train_state, global_batch
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import compile_step, create_train_state, global_batch
 
 
 def bench(preset: str, batch: int, steps: int, dtype: str) -> dict:

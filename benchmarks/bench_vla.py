@@ -30,15 +30,15 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from latent_pretraining.model import Modality, VLAModel
-from latent_pretraining.sampler import Sampler
-from latent_pretraining.sharding import (
+from latent_pretraining.core.sharding import (
     create_sharded,
     logical_to_spec,
     make_mesh,
     maybe_initialize_distributed,
 )
-from latent_pretraining.training.state import memory_report
+from latent_pretraining.core.state import memory_report
+from latent_pretraining.model import Modality, VLAModel
+from latent_pretraining.sampler import Sampler
 
 config_flags.DEFINE_config_file("config", "latent_pretraining/configs/vla.py:debug", "VLA config and preset.")
 flags.DEFINE_integer("batch", 8, "Global training batch size.")

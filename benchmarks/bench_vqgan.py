@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import batch_sharding
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import batch_sharding
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config, tokens_per_side
 
 

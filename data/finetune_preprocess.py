@@ -7,7 +7,7 @@ Same command line and outputs as LAPA's ``data/finetune_preprocess.py``: JSONL r
 ``{..., "raw_actions", "action", "fields": "[instruction],[vision],action", "instruction":
 "<s> You are a helpful assistant. USER: <question> ASSISTANT:"}`` and a bins CSV (one row
 of edges per dimension). Unlike LAPA's script: no per-value Python loop, bins that never
-silently disappear (see ``latent_pretraining/action_bins.py``), a thresholded gripper, and
+silently disappear (see ``latent_pretraining/actions/bins.py``), a thresholded gripper, and
 validation that names the row id and field; nothing is written unless every row is valid
 (or ``--skip_invalid``, which lists what it skipped). A metadata JSON beside the CSV
 records the scheme, bin counts, statistics and per-dimension round-trip error.
@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from latent_pretraining.action_bins import GRIPPER_CONVENTIONS, ActionBins
+from latent_pretraining.actions.bins import GRIPPER_CONVENTIONS, ActionBins
+from latent_pretraining.actions.spec import ACTION_DIMS, ACTION_NAMES
 from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import check_output_paths, write_together
 from latent_pretraining.prompts import wrap_question
 
 VERSION = 1
-ACTION_DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 FIELDS = "[instruction],[vision],action"
 IMAGE_TAG = "<image>\n"
 
@@ -60,10 +60,10 @@ def _structure_error(row: Any, index: int) -> str | None:
     if "raw_actions" not in conv[1]:
         return f"{where}: missing field 'conversations[1].raw_actions'"
     raw = conv[1]["raw_actions"]
-    if not isinstance(raw, list) or len(raw) != len(ACTION_DIMS):
+    if not isinstance(raw, list) or len(raw) != ACTION_DIMS:
         size = len(raw) if isinstance(raw, list) else type(raw).__name__
-        return f"{where}: 'raw_actions' has {size} values, expected {len(ACTION_DIMS)}"
-    for dim, value in zip(ACTION_DIMS, raw, strict=True):
+        return f"{where}: 'raw_actions' has {size} values, expected {ACTION_DIMS}"
+    for dim, value in zip(ACTION_NAMES, raw, strict=True):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"{where}: 'raw_actions' {dim} is {value!r}, expected a number"
     return None
@@ -79,7 +79,7 @@ def _value_errors(rows: list[dict], actions: np.ndarray, convention: str) -> lis
         where = f"row {rows[i]['_index']} (id {rows[i]['row']['id']})"
         if not finite[i].all():
             d = int(np.flatnonzero(~finite[i])[0])
-            errors.append((i, f"{where}: 'raw_actions' {ACTION_DIMS[d]} is {actions[i, d]} (NaN/inf)"))
+            errors.append((i, f"{where}: 'raw_actions' {ACTION_NAMES[d]} is {actions[i, d]} (NaN/inf)"))
         else:
             errors.append(
                 (
@@ -111,7 +111,7 @@ def preprocess(
         else:
             skipped.append(problem)
     actions = np.array([k["row"]["conversations"][1]["raw_actions"] for k in kept], np.float64)
-    actions = actions.reshape(len(kept), len(ACTION_DIMS))
+    actions = actions.reshape(len(kept), ACTION_DIMS)
     errors = _value_errors(kept, actions, gripper_convention)
     if errors:
         if not skip_invalid:
@@ -142,7 +142,7 @@ def preprocess(
         "version": VERSION,
         "scheme": scheme,
         "bins_requested": num_bins,
-        "bins_per_dimension": dict(zip(ACTION_DIMS, bins.num_bins, strict=True)),
+        "bins_per_dimension": dict(zip(ACTION_NAMES, bins.num_bins, strict=True)),
         "edge_convention": "[edge[i], edge[i+1]), the last bin closed; values outside go to the end bins",
         "decode": "(edge[i] + edge[i+1]) / 2",
         "gripper": {"convention": gripper_convention, "threshold": gripper_threshold},
@@ -160,7 +160,7 @@ def preprocess(
                 "round_trip_mean_abs_error": float(error[:, d].mean()),
                 "round_trip_max_abs_error": float(error[:, d].max()),
             }
-            for d, dim in enumerate(ACTION_DIMS)
+            for d, dim in enumerate(ACTION_NAMES)
         },
     }
     return out, bins, metadata

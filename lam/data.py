@@ -39,14 +39,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_pretraining.actions.spec import DELTA_DIMS
+from latent_pretraining.core.batches import BatchStream
 from latent_pretraining.core.files import resolve_under
-from latent_pretraining.training.data import BatchStream
 from latent_pretraining.vqgan.images import load_image
 from latent_pretraining.vqgan.sources import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 SOURCE_KINDS = ("folder", "video", "rlds", "jsonl", "tabletop")
-SUMMED_ACTION_DIMS = 6  # dx, dy, dz, droll, dpitch, dyaw: deltas add up over a pair
 
 
 @dataclass
@@ -601,7 +601,7 @@ def pair_actions(episodes: Sequence[Episode], pairs: np.ndarray) -> np.ndarray |
     if len(dims) > 1:
         raise ValueError(f"episodes have actions of different sizes {sorted(dims)}")
     width = dims.pop() if dims else 0
-    summed = min(width, SUMMED_ACTION_DIMS)
+    summed = min(width, DELTA_DIMS)
     out = np.zeros((len(pairs), width), np.float64)
     for i in np.unique(pairs[:, 0]):
         rows = np.flatnonzero(pairs[:, 0] == i)

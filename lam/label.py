@@ -45,7 +45,7 @@ from tqdm import tqdm
 from lam.checkpoint import DATA_FILE, export_dir, load_data_settings, load_lam
 from lam.data import Episode, PairBatches, frame_pairs, open_episodes
 from lam.model import LatentActionModel
-from latent_pretraining.batched import LocalBatchApply
+from latent_pretraining.core.batched import LocalBatchApply
 from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths
 from latent_pretraining.core.partial import PartialJsonl, fingerprint

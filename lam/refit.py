@@ -40,7 +40,7 @@ from lam.data import PairBatches
 from lam.model import LatentActionModel
 from lam.quantizers import nearest
 from lam.train import Evaluator, evaluation_pairs, load_pairs, quality_summary, sample_rows
-from latent_pretraining.sharding import make_mesh
+from latent_pretraining.core.sharding import make_mesh
 
 CHUNK = 128  # pairs encoded per call
 FIT_PAIRS = 16384  # training pairs whose action vectors fit k-means (at most)

@@ -41,10 +41,10 @@ from lam.data import (
 )
 from lam.model import LatentActionModel
 from lam.visualize import save_reconstruction_grid, save_same_code_grid
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training import loop
-from latent_pretraining.training.schedules import warmup_schedule
-from latent_pretraining.training.state import (
+from latent_pretraining.core import loop
+from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import (
     TrainState,
     batch_sharding,
     compile_step,

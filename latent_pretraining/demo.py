@@ -26,10 +26,10 @@ from flax import nnx
 from tqdm import tqdm
 
 from latent_pretraining.config import get_model_config
+from latent_pretraining.core.sharding import create_sharded, make_mesh, maybe_initialize_distributed
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import Modality, VLAModel
 from latent_pretraining.sampler import Sampler
-from latent_pretraining.sharding import create_sharded, make_mesh, maybe_initialize_distributed
 
 VISION_TOKENS = 16
 LATENT_TOKENS = 4

@@ -25,8 +25,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from latent_pretraining.core.sharding import make_mesh, state_shardings
 from latent_pretraining.model import VOCABS, VLAModel
-from latent_pretraining.sharding import make_mesh, state_shardings
 
 log = logging.getLogger(__name__)
 

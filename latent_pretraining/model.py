@@ -19,7 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from latent_pretraining.attention import dot_product_attention, rope
 from latent_pretraining.config import validate
-from latent_pretraining.sharding import with_logical_constraint
+from latent_pretraining.core.sharding import with_logical_constraint
 
 
 class Modality(enum.IntEnum):

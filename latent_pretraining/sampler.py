@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from latent_pretraining.core.sharding import logical_to_spec
 from latent_pretraining.model import VOCABS, KVCache, Modality, VLAModel
-from latent_pretraining.sharding import logical_to_spec
 
 DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 

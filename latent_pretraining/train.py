@@ -21,21 +21,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from latent_pretraining.action_bins import ActionBins
-from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
-from latent_pretraining.model import VOCABS, Modality, VLAModel
-from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training import loop
-from latent_pretraining.training.checkpointing import Checkpointer
-from latent_pretraining.training.schedules import warmup_schedule
-from latent_pretraining.training.state import (
+from latent_pretraining.actions.bins import ActionBins
+from latent_pretraining.core import loop
+from latent_pretraining.core.checkpointing import Checkpointer
+from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import (
     TrainState,
     abstract_state,
     compile_step,
     create_train_state,
     global_batch,
 )
+from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
+from latent_pretraining.model import VOCABS, Modality, VLAModel
+from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
 from latent_pretraining.vla_data import (
     ImageTokens,
     LoadedData,

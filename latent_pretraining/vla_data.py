@@ -20,8 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from latent_pretraining.core.batches import BatchStream
 from latent_pretraining.sequences import Example, RowError, SequenceBuilder
-from latent_pretraining.training.data import BatchStream
 from latent_pretraining.vqgan.encode import RowEncoder
 
 log = logging.getLogger(__name__)

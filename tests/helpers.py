@@ -134,7 +134,7 @@ def run_killed_at_step(monkeypatch, step: int, run) -> None:
     its batch (a kill mid-run), then restores the stream."""
     import pytest
 
-    from latent_pretraining.training.data import BatchStream
+    from latent_pretraining.core.batches import BatchStream
 
     original = BatchStream.__next__
     calls = {"n": 0}

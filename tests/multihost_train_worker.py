@@ -9,7 +9,7 @@ from pathlib import Path
 
 from latent_pretraining import train as vla_train
 from latent_pretraining.configs.lapa import get_config
-from latent_pretraining.training.data import BatchStream, host_rows
+from latent_pretraining.core.batches import BatchStream, host_rows
 
 
 def main(tokenizer: str, data: str, out: Path) -> None:

@@ -14,9 +14,9 @@ from helpers import lapa_modality
 from jax.experimental import multihost_utils
 
 from latent_pretraining.config import from_lapa_config
+from latent_pretraining.core.sharding import make_mesh, maybe_initialize_distributed
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.sampler import Sampler
-from latent_pretraining.sharding import make_mesh, maybe_initialize_distributed
 
 
 def main(fixture: Path, out: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from latent_pretraining import action_decoder
+from latent_pretraining.actions import decoder as action_decoder
 from latent_pretraining.configs.action_decoder import get_config
 
 

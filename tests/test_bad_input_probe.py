@@ -216,7 +216,7 @@ def _train(tmp: Path, preset: str, rows: Callable[[Path], None], edit=None, **ov
     from data.train_text_tokenizer import train as train_tokenizer
     from latent_pretraining import train as vla_train
     from latent_pretraining.configs.lapa import get_config
-    from latent_pretraining.training.loop import run_cli
+    from latent_pretraining.core.loop import run_cli
 
     corpus = ["pick up the red cube and put it on the blue ball", "push the green triangle"] * 50
     tokenizer = train_tokenizer(corpus, tmp / "tokenizer.model", vocab_size=160)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from latent_pretraining.training.loop import PACKAGE_ROOT, resolve_config_path
+from latent_pretraining.core.loop import PACKAGE_ROOT, resolve_config_path
 
 PACKAGES = ("latent_pretraining", "lam", "data", "sim")
 OPTIONAL_IMPORTS = {"wandb"}  # imported only when a run asks for it
@@ -71,7 +71,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         (["latent_pretraining.train"], ["data.train", "optimizer.learning_rate"]),
         (["lam.train"], ["data.source", "run_dir"]),
         (["latent_pretraining.vqgan", "train"], ["data.path", "run_dir"]),
-        (["latent_pretraining.action_decoder", "train"], ["data.train", "learning_rate"]),
+        (["latent_pretraining.actions.decoder", "train"], ["data.train", "learning_rate"]),
     ],
 )
 def test_trainer_help_exits_0_and_lists_the_config_fields(tmp_path, command, fields):

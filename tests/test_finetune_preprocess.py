@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data.finetune_preprocess import InvalidRowError, main, preprocess
-from latent_pretraining.action_bins import ActionBins
+from latent_pretraining.actions.bins import ActionBins
 
 
 def _rows(n=500, seed=0):

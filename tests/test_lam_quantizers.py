@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lam.model import get_lam_config
 from lam.quantizers import FSQ, NSVQ, VQEMA, lapa_replace_step, nearest
-from latent_pretraining.sharding import make_mesh
+from latent_pretraining.core.sharding import make_mesh
 
 
 def _cfg(kind: str, **options):

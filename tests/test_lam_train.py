@@ -28,8 +28,8 @@ from lam.model import (
 from lam.refit import best_kmeans, distortion, kmeans, kmeans_plus_plus
 from lam.refit import main as refit_main
 from lam.train import build_optimizer, load_pairs, make_step, train
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import compile_step, create_train_state, global_batch
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import compile_step, create_train_state, global_batch
 
 
 def _config(tmp_path, name: str = "run", **overrides):

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 from helpers import debug_config, debug_model
 
+from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.lapa_checkpoint import (
     CheckpointFormatError,
     decode_array,
@@ -19,7 +20,6 @@ from latent_pretraining.lapa_checkpoint import (
     load_lapa_params,
     save_lapa_params,
 )
-from latent_pretraining.sharding import make_mesh
 
 
 def _params(model) -> dict:

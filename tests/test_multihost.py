@@ -72,7 +72,7 @@ def test_two_hosts_read_disjoint_rows_and_train_like_one(tmp_path, sp_model, mon
 
     from latent_pretraining import train as vla_train
     from latent_pretraining.configs.lapa import get_config
-    from latent_pretraining.sharding import make_mesh
+    from latent_pretraining.core.sharding import make_mesh
 
     write_latent_jsonl(tmp_path / "train.jsonl", 64)
     _launch("multihost_train_worker.py", [str(sp_model), str(tmp_path / "train.jsonl"), str(tmp_path)])

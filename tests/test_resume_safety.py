@@ -21,15 +21,15 @@ from helpers import override
 from ml_collections import ConfigDict
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
-from latent_pretraining import action_decoder
 from latent_pretraining import train as vla_train
+from latent_pretraining.actions import decoder as action_decoder
 from latent_pretraining.configs.action_decoder import get_config as action_decoder_config
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training import loop
-from latent_pretraining.training.checkpointing import Checkpointer, CheckpointError
-from latent_pretraining.training.data import BatchStream
-from latent_pretraining.training.logger import MetricsLogger
-from latent_pretraining.training.state import abstract_state
+from latent_pretraining.core import loop
+from latent_pretraining.core.batches import BatchStream
+from latent_pretraining.core.checkpointing import Checkpointer, CheckpointError
+from latent_pretraining.core.logger import MetricsLogger
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import abstract_state
 
 
 def _state(step: int = 0, leaves: int = 3) -> dict:
@@ -123,8 +123,8 @@ def test_failed_restore_leaves_no_event_loop_noise_at_exit(tmp_path):
         f"""
         from pathlib import Path
         import jax.numpy as jnp
-        from latent_pretraining.training.checkpointing import Checkpointer
-        from latent_pretraining.training.state import abstract_state
+        from latent_pretraining.core.checkpointing import Checkpointer
+        from latent_pretraining.core.state import abstract_state
         run = Path({str(tmp_path)!r})
         state = {{f"w{{i}}": jnp.full((8,), float(i)) for i in range(40)}}
         first = Checkpointer(run, save_every=1, async_save=False)

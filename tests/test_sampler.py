@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import debug_config, debug_model, mixed_batch
 
+from latent_pretraining.core.sharding import create_sharded, make_mesh
 from latent_pretraining.model import Modality, VLAModel
 from latent_pretraining.sampler import Sampler, bucket_length, left_pad
-from latent_pretraining.sharding import create_sharded, make_mesh
 
 
 def _prompt(seed: int, text: int = 6):

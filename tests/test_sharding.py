@@ -10,14 +10,14 @@ from flax import nnx
 from helpers import debug_config, mixed_batch
 from jax.sharding import NamedSharding, PartitionSpec
 
-from latent_pretraining.model import VOCABS, VLAModel
-from latent_pretraining.sharding import (
+from latent_pretraining.core.sharding import (
     cluster_described,
     create_sharded,
     logical_to_spec,
     make_mesh,
     parse_mesh_dims,
 )
+from latent_pretraining.model import VOCABS, VLAModel
 
 
 @pytest.mark.parametrize(

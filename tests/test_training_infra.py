@@ -9,12 +9,12 @@ import optax
 import pytest
 from helpers import debug_config
 
+from latent_pretraining.core.batches import BatchStream, host_rows
+from latent_pretraining.core.checkpointing import Checkpointer
+from latent_pretraining.core.logger import MetricsLogger
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import abstract_state, create_train_state
 from latent_pretraining.model import VLAModel
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.checkpointing import Checkpointer
-from latent_pretraining.training.data import BatchStream, host_rows
-from latent_pretraining.training.logger import MetricsLogger
-from latent_pretraining.training.state import abstract_state, create_train_state
 
 
 def test_hosts_read_disjoint_rows_that_cover_the_epoch():

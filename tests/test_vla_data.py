@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from helpers import write_latent_jsonl
 
+from latent_pretraining.core.batches import host_rows
 from latent_pretraining.sequences import RowError, SequenceBuilder, SequenceConfig, TextTokenizer
-from latent_pretraining.training.data import host_rows
 from latent_pretraining.vla_data import (
     augmenting_refresh,
     batch_stream,

@@ -11,10 +11,10 @@ from helpers import debug_config
 
 from latent_pretraining import train as vla_train
 from latent_pretraining.configs.lapa import get_config
+from latent_pretraining.core.checkpointing import Checkpointer
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import create_train_state
 from latent_pretraining.model import VLAModel
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.checkpointing import Checkpointer
-from latent_pretraining.training.state import create_train_state
 
 
 def _params():

@@ -22,10 +22,10 @@ from helpers import (
 from latent_pretraining import train as vla_train
 from latent_pretraining.config import from_lapa_config
 from latent_pretraining.configs.lapa import get_config
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import create_train_state
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records
 from latent_pretraining.model import VLAModel
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import create_train_state
 
 LAPA_FIXTURE = LAPA_VLA_FIXTURE
 

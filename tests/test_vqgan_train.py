@@ -12,8 +12,8 @@ import pytest
 from helpers import override, run_killed_at_step
 
 from latent_pretraining.configs.vqgan import get_config
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training.state import create_train_state
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import create_train_state
 from latent_pretraining.vqgan import train as vq_train
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from latent_pretraining.batched import LocalBatchApply
+from latent_pretraining.core.batched import LocalBatchApply
 from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths, resolve_under
 from latent_pretraining.core.partial import PartialJsonl, fingerprint

@@ -24,11 +24,11 @@ import optax
 from flax import nnx
 from PIL import Image
 
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training import loop
-from latent_pretraining.training.data import BatchStream
-from latent_pretraining.training.schedules import warmup_schedule
-from latent_pretraining.training.state import (
+from latent_pretraining.core import loop
+from latent_pretraining.core.batches import BatchStream
+from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import (
     TrainState,
     batch_sharding,
     compile_step,

@@ -16,13 +16,13 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from latent_pretraining.core.batches import BatchStream
+from latent_pretraining.core.checkpointing import Checkpointer, CheckpointError, saved_steps
 from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
+from latent_pretraining.core.logger import MetricsLogger
+from latent_pretraining.core.sharding import maybe_initialize_distributed
+from latent_pretraining.core.state import TrainState, abstract_state, global_batch
 from latent_pretraining.core.trees import flatten
-from latent_pretraining.sharding import maybe_initialize_distributed
-from latent_pretraining.training.checkpointing import Checkpointer, CheckpointError, saved_steps
-from latent_pretraining.training.data import BatchStream
-from latent_pretraining.training.logger import MetricsLogger
-from latent_pretraining.training.state import TrainState, abstract_state, global_batch
 
 log = logging.getLogger(__name__)
 

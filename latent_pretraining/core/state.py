@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from latent_pretraining.sharding import logical_to_spec, state_shardings
+from latent_pretraining.core.sharding import logical_to_spec, state_shardings
 
 log = logging.getLogger(__name__)
 

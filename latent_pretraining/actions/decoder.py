@@ -6,8 +6,9 @@ codes, this small MLP maps them to ``dx, dy, dz, droll, dpitch, dyaw, gripper``.
 labeled rows ``{"delta": [codes], "raw_actions": [7 floats], "state": [floats] (optional)}``
 on the shared training infrastructure:
 
-    python -m latent_pretraining.action_decoder train --config=latent_pretraining/configs/action_decoder.py \\
-        --config.data.train=labeled.jsonl --config.data.eval=held_out.jsonl --config.run_dir=runs/decoder
+    python -m latent_pretraining.actions.decoder train \\
+        --config=latent_pretraining/configs/action_decoder.py --config.run_dir=runs/decoder \\
+        --config.data.train=labeled.jsonl --config.data.eval=held_out.jsonl
 
 Continuous dimensions are regressed on standardised targets; the gripper is a binary
 classifier (closed when its probability is >= 0.5).
@@ -25,15 +26,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from latent_pretraining.sharding import make_mesh
-from latent_pretraining.training import loop
-from latent_pretraining.training.checkpointing import Checkpointer
-from latent_pretraining.training.data import BatchStream
-from latent_pretraining.training.logger import MetricsLogger
-from latent_pretraining.training.schedules import warmup_schedule
-from latent_pretraining.training.state import TrainState, compile_step, create_train_state, global_batch
-
-ACTION_DIMS = 7
+from latent_pretraining.actions.spec import ACTION_DIMS, DELTA_DIMS
+from latent_pretraining.core import loop
+from latent_pretraining.core.batches import BatchStream
+from latent_pretraining.core.checkpointing import Checkpointer
+from latent_pretraining.core.logger import MetricsLogger
+from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.state import TrainState, compile_step, create_train_state, global_batch
 
 
 class ActionDecoder(nnx.Module):
@@ -50,8 +50,8 @@ class ActionDecoder(nnx.Module):
             width = cfg.hidden_dim
         self.layers = nnx.List(layers)
         self.out = nnx.Linear(width, ACTION_DIMS, rngs=rngs)
-        self.mean = nnx.Variable(jnp.zeros(ACTION_DIMS - 1))  # target statistics, set from the data
-        self.std = nnx.Variable(jnp.ones(ACTION_DIMS - 1))
+        self.mean = nnx.Variable(jnp.zeros(DELTA_DIMS))  # target statistics, set from the data
+        self.std = nnx.Variable(jnp.ones(DELTA_DIMS))
 
     def __call__(self, codes: jax.Array, state: jax.Array | None = None) -> jax.Array:
         """codes [B, num_codes] int -> raw outputs [B, 7] (6 standardised values, gripper logit)."""

@@ -1,1 +1,0 @@
-"""The one training infrastructure: sharded state, step compilation, checkpoints, logging, the loop."""
