@@ -25,7 +25,7 @@ from latent_pretraining.actions.bins import ActionBins
 from latent_pretraining.core import loop
 from latent_pretraining.core.checkpointing import Checkpointer
 from latent_pretraining.core.schedules import warmup_schedule
-from latent_pretraining.core.sharding import make_mesh
+from latent_pretraining.core.sharding import make_mesh, uses_config_axis_rules
 from latent_pretraining.core.state import (
     TrainState,
     abstract_state,
@@ -235,6 +235,7 @@ def _action_bins(config: ml_collections.ConfigDict) -> ActionBins | None:
     return bins
 
 
+@uses_config_axis_rules  # parameters, batches and activations are sharded by its rule table
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if not config.data.train or not config.data.tokenizer:
         raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")

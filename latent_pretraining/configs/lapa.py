@@ -8,6 +8,7 @@ e.g. ``--config.data.train=/data/train.jsonl --config.optimizer.learning_rate=1e
 import ml_collections
 
 from latent_pretraining.config import get_model_config
+from latent_pretraining.core.sharding import DEFAULT_RULES
 
 
 def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
@@ -15,6 +16,8 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.preset = preset
     debug = preset.startswith("debug")
     c.model = get_model_config("debug" if debug else "7b")
+    # (logical axis, mesh axes) pairs tried in order, e.g. (("embed", "fsdp"), ("mlp", ("tp", "sp")))
+    c.logical_axis_rules = DEFAULT_RULES
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # JSONL path(s), comma-separated

@@ -4,15 +4,20 @@ One ordered rule table maps logical axis names (carried by every parameter as
 ``logical_axes`` metadata, and named at every activation constraint) to the
 mesh axes ``('dp', 'fsdp', 'tp', 'sp')``. The first rule for a logical name
 whose mesh axes are still free in the spec, and whose size divides the array
-dimension, wins; otherwise that dimension is replicated.
+dimension, wins; otherwise that dimension is replicated (logged once per case).
+A run overrides the table with ``axis_rules(...)`` (its config's ``logical_axis_rules``)
+or passes ``rules=`` explicitly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -25,10 +30,11 @@ log = logging.getLogger(__name__)
 MESH_AXES: tuple[str, ...] = ("dp", "fsdp", "tp", "sp")
 
 MeshAxes = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, MeshAxes], ...]
 
 # Ordered (logical name, mesh axes) rules. Several rules may name the same
 # logical axis: they are tried in order (MaxText's pattern).
-DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
+DEFAULT_RULES: Rules = (
     # activations
     ("activation_batch", ("dp", "fsdp")),
     ("activation_length", "sp"),
@@ -47,6 +53,68 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("layers", None),
     ("norm", None),
 )
+
+_ACTIVE_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar(
+    "logical_axis_rules", default=DEFAULT_RULES
+)
+_WARNED: set[tuple[str, int, tuple[MeshAxes, ...]]] = set()  # replicated dimensions already logged
+
+
+def validate_rules(rules: Sequence[Any]) -> Rules:
+    """``rules`` as a tuple of ``(logical name, mesh axes)`` pairs (JSON's lists accepted); a
+    malformed entry or an unknown mesh axis is a ValueError naming the entry."""
+    if isinstance(rules, str) or not isinstance(rules, Sequence):
+        raise ValueError(
+            f"logical_axis_rules must be a sequence of (logical name, mesh axes) pairs, got {rules!r}"
+        )
+    out = []
+    for entry in rules:
+        if isinstance(entry, str) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise ValueError(f"logical_axis_rules entry {entry!r}: expected a (logical name, mesh axes) pair")
+        name, axes = entry
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"logical_axis_rules entry {entry!r}: the logical name must be a non-empty string"
+            )
+        names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        if not isinstance(names, Sequence) or not all(isinstance(a, str) for a in names):
+            raise ValueError(
+                f"logical_axis_rules entry {entry!r}: mesh axes must be None, a name or a list of names"
+            )
+        unknown = [a for a in names if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(
+                f"logical_axis_rules entry {entry!r}: unknown mesh axis {unknown[0]!r}; axes are {MESH_AXES}"
+            )
+        if len(set(names)) != len(names) or (axes is not None and not names):
+            raise ValueError(f"logical_axis_rules entry {entry!r}: mesh axes must be distinct and not empty")
+        out.append((name, axes if axes is None or isinstance(axes, str) else tuple(names)))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def axis_rules(rules: Sequence[Any] | None) -> Iterator[Rules]:
+    """Within the block, shardings computed without ``rules=`` (parameters, batches and the
+    model's activation constraints, traced there) use ``rules``; None: ``DEFAULT_RULES``."""
+    token = _ACTIVE_RULES.set(DEFAULT_RULES if rules is None else validate_rules(rules))
+    try:
+        yield _ACTIVE_RULES.get()
+    finally:
+        _ACTIVE_RULES.reset(token)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def uses_config_axis_rules(train: F) -> F:
+    """Runs ``train(config, ...)`` within ``axis_rules(config.logical_axis_rules)``."""
+
+    @functools.wraps(train)
+    def wrapped(config: Any, *args: Any, **kwargs: Any) -> Any:
+        with axis_rules(config.logical_axis_rules):
+            return train(config, *args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def parse_mesh_dims(spec: str, num_devices: int) -> tuple[tuple[int, ...], bool]:
@@ -111,15 +179,18 @@ def logical_to_spec(
     logical_axes: Sequence[str | None],
     shape: Sequence[int],
     mesh: Any,
-    rules: Sequence[tuple[str, MeshAxes]] = DEFAULT_RULES,
+    rules: Sequence[Any] | None = None,
 ) -> PartitionSpec:
-    """Maps logical axis names to a PartitionSpec for an array of ``shape``."""
+    """Maps logical axis names to a PartitionSpec for an array of ``shape`` (``rules``
+    default: those of the enclosing ``axis_rules``, else ``DEFAULT_RULES``)."""
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    rules = _ACTIVE_RULES.get() if rules is None else validate_rules(rules)
     used: set[str] = set()
     out: list[MeshAxes] = []
     for name, dim in zip(logical_axes, shape, strict=False):
         chosen: MeshAxes = None
+        undivided: list[MeshAxes] = []
         if name is not None:
             for rule_name, axes in rules:
                 if rule_name != name or axes is None:
@@ -129,24 +200,39 @@ def logical_to_spec(
                     continue
                 size = _mesh_size(mesh, names)
                 if size > 1 and dim % size:
+                    undivided.append(axes)
                     continue
                 used.update(names)
                 kept = tuple(a for a in names if mesh.shape[a] > 1)  # size-1 axes add nothing
                 chosen = None if not kept else kept[0] if len(kept) == 1 else kept
                 break
+            else:  # no rule fitted
+                if undivided:
+                    _warn_replicated(name, dim, tuple(undivided), mesh)
         out.append(chosen)
     return PartitionSpec(*out)
 
 
+def _warn_replicated(name: str, dim: int, undivided: tuple[MeshAxes, ...], mesh: Any) -> None:
+    """Logs, once per process and case, a dimension replicated because no mesh axes divide it."""
+    key = (name, dim, undivided)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    sizes = ", ".join(f"{axes} ({_mesh_size(mesh, axes)})" for axes in undivided)
+    log.warning("logical axis %r of size %d is not divisible by mesh axes %s: replicated", name, dim, sizes)
+
+
 def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint by logical names; a no-op when no mesh is set."""
+    """Sharding constraint by logical names (the ``axis_rules`` in effect at trace time); a
+    no-op when no mesh is set."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[Any] | None = None) -> Any:
     """NamedShardings for an nnx State whose Variables carry ``logical_axes``."""
 
     def one(var: Any) -> Any:
@@ -154,7 +240,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
         if not hasattr(value, "shape"):  # e.g. optax's MaskedNode: the state of a frozen group
             return var
         axes = var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None
-        spec = PartitionSpec() if axes is None else logical_to_spec(axes, value.shape, mesh)
+        spec = PartitionSpec() if axes is None else logical_to_spec(axes, value.shape, mesh, rules)
         sharding = NamedSharding(mesh, spec)
         return var.replace(sharding) if isinstance(var, nnx.Variable) else sharding
 
