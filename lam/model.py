@@ -101,7 +101,7 @@ def get_lam_config(preset: str = "small", quantizer: str = "nsvq") -> ml_collect
         c.dim, c.quant_dim = 1024, 32
         c.spatial_depth = c.temporal_depth = 8
         c.heads, c.dim_head = 16, 64
-    elif preset == "small":  # both options on: better gain, sensitivity and probe R^2 than LAPA's heads
+    elif preset == "small":  # both options on (compared with LAPA's heads: BENCHMARKS.md)
         c.motion_kernel, c.code_head = 7, "max"
     elif preset == "tiny":  # tests: LAPA's heads (the small preset's are tested with them on)
         c.dim, c.quant_dim = 64, 8

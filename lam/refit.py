@@ -3,23 +3,19 @@
     python -m lam.refit --run runs/lam [--pairs 16384] [--restarts 16] [--iterations 50]
         [--out runs/lam/export_refit]
 
-NSVQ (LAPA's quantizer) learns its codebook through the norm of its noise, and the codes can end
-up far from where the action vectors are: on the tabletop world, a trained ``small`` LAM's codes
-sit mostly along dy while its continuous action vectors carry dx as well (BENCHMARKS.md, "Where
-the time goes", finding 5). This command keeps the encoder and the decoder and refits the codebook
-by k-means on the training pairs' action vectors: Lloyd's algorithm (each code moves to the mean of
-the vectors nearest to it; a code that gets none stays where it is) from the trained codebook and
-from ``--restarts`` k-means++ seedings, keeping the fit of least distortion. Lloyd's stops in a
-local optimum, and on the tabletop world the optima differ in what the codes say about the
-motion. When a seeding wins, the codes' numbers are new: code 3 of the refit need not be code 3 of
-the trained model, so labels from the two exports do not line up. It scores the model before
-and after on the run's held-out pairs exactly as training does (``lam.train.Evaluator``; files
-under ``<run>/refit/codebook`` and ``<run>/refit/refit``), prints one JSON line per codebook
-(with its distortion: the mean squared distance of the fit vectors to their code), and
-writes the refit model as an export (atomically; default ``<run>/export_refit``, with the run's
-data settings), ready for ``lam.label``. Data, seed and evaluation settings come from the run's
-``config.json``. It runs as one process (the vectors are encoded on its devices, k-means on its host).
-For codebook quantizers (``nsvq``, ``vq_ema``); FSQ has no codebook.
+NSVQ (LAPA's quantizer) learns its codebook through the norm of its noise, so the codes can end
+up far from the action vectors (measured in BENCHMARKS.md, "Where the time goes", finding 5).
+This keeps the encoder and the decoder and refits the codebook: Lloyd's algorithm (a code that
+gets no vectors stays put) from the trained codebook and from ``--restarts`` k-means++ seedings,
+keeping the fit of least distortion. When a seeding wins, the codes' numbers are new (code 3 of
+the refit need not be code 3 of the trained model), so labels from the two exports do not line up.
+
+Both codebooks are scored on the run's held-out pairs as training scores them (``lam.train.Evaluator``;
+``<run>/refit/codebook`` and ``<run>/refit/refit``), with one JSON line each (and the distortion:
+the mean squared distance of the fit vectors to their code); the refit model is written atomically
+as an export (default ``<run>/export_refit``, with the run's data settings) for ``lam.label``.
+Data, seed and evaluation settings come from the run's ``config.json``. One process (vectors
+encoded on its devices, k-means on its host); for ``nsvq`` and ``vq_ema`` (FSQ has no codebook).
 """
 
 from __future__ import annotations
