@@ -62,8 +62,9 @@ def train(
 ) -> list[float]:
     """Latent-token cross entropy at the positions that predict the 4 codes."""
     graphdef, params = nnx.split(model, nnx.Param)
+    warmup = min(20, steps // 5)  # a short run still has steps left to decay over
     optimizer = optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, 3e-3, 20, steps), b2=0.95, weight_decay=0.0
+        optax.warmup_cosine_decay_schedule(0.0, 3e-3, warmup, steps), b2=0.95, weight_decay=0.0
     )
     opt_state = optimizer.init(params)
     latent_start = int(np.flatnonzero(modality[0] == Modality.LATENT)[0])
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--mesh", default="1,-1,1,1", help="dp,fsdp,tp,sp (one entry may be -1)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
 
     maybe_initialize_distributed()
     cfg = get_model_config("debug")
