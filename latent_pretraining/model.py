@@ -11,6 +11,7 @@ import enum
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -284,6 +285,10 @@ class VLAModel(nnx.Module):
         ``segment_ids`` [B, T]: 0 = padding, equal ids attend to each other
         (packing); default all ones. ``positions`` default ``arange(T)``.
         """
+        given = [a for a in (input_ids, modality, positions, segment_ids) if a is not None]
+        chex.assert_rank(input_ids, 2, custom_message="input_ids must be [batch, length]")
+        chex.assert_type(given, int, custom_message="ids, modality, positions and segment ids are integers")
+        chex.assert_equal_shape(given, custom_message="modality, positions, segment_ids must match input_ids")
         b, t = input_ids.shape
         slots = jnp.arange(t, dtype=jnp.int32)
         if positions is None:

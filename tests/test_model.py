@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,15 +108,10 @@ def test_remat_policies_give_identical_gradients(scan_layers):
     ids, modality = (jnp.asarray(a) for a in mixed_batch(2))
     reference, has_remat = _grads(debug_config(scan_layers=scan_layers), ids, modality)
     assert not has_remat
-    reference = nnx.to_flat_state(reference)
     for policy in ("full", "save-dots", "save-named-activations"):
         grads, has_remat = _grads(debug_config(scan_layers=scan_layers, remat_policy=policy), ids, modality)
         assert has_remat, policy
-        grads = nnx.to_flat_state(grads)
-        for (path, g_ref), (_, g) in zip(reference, grads, strict=True):
-            np.testing.assert_allclose(
-                g.get_value(), g_ref.get_value(), rtol=1e-5, atol=1e-7, err_msg=f"{policy} {path}"
-            )
+        chex.assert_trees_all_close(grads, reference, rtol=1e-5, atol=1e-7, custom_message=policy)
 
 
 def test_packed_examples_do_not_see_each_other():

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,9 @@ def batch_sharding(mesh: Mesh, ndim: int, shape: tuple[int, ...] | None = None) 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Each host passes its own rows; the result is one global array per field."""
+    chex.assert_equal_shape_prefix(
+        list(local.values()), 1, custom_message=f"batch fields {list(local)} must have the same rows"
+    )
     out = {}
     for key, value in local.items():
         global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
