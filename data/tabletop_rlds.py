@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING start-up lines
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice (tf only writes records here)
-import tensorflow_datasets as tfds
+from latent_pretraining.core.quiet import import_tfds
+
+tfds = import_tfds()
 
 STATE_DIM = 5  # gripper x, y, z, yaw, closed
 
