@@ -67,14 +67,13 @@ def test_row_matches_lapa_processor_on_llama_tokenizer(tokenizers):
     assert example.modality.tolist().count(int(Modality.LATENT)) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="LAPA's prompt starts with a literal '<s>': LlamaTokenizer (like LAPA's own) splits it out as "
-    "BOS id 1, while TextTokenizer.encode gives SentencePiece's pieces of its characters ('▁<', 's', '>')",
-)
-def test_lapa_system_prompt_literal_bos_matches(tokenizers):
+def test_lapa_system_prompt_literal_bos_is_text_as_in_lapa(tokenizers):
+    """LAPA's prompt starts with a literal ``<s>``. LAPA builds its tokenizer directly
+    (``LLaMATokenizer(vocab_file=...)``) under transformers 4.29.2, which, as we read its source,
+    split special tokens out only for tokenizers made by ``from_pretrained``: the ``<s>`` reached
+    SentencePiece as text. Today's LlamaTokenizer splits it out as BOS unless told not to."""
     ours, hf = tokenizers
     text = lapa_instruction("push the cube")
-    assert hf.encode(text)[0] == hf.bos_token_id
-    assert ours.encode(text) == hf.encode(text)
+    assert ours.encode(text) == hf.encode(text, split_special_tokens=True)
+    assert ours.encode(text)[0] != ours.bos_id
+    assert hf.encode(text)[0] == hf.bos_token_id  # the newer behaviour this project does not follow
