@@ -2,12 +2,12 @@
 
     python benchmarks/bench_action_decoder.py --lam runs/bench_lam_quality/vq_ema [--episodes 200]
 
-Simulates tabletop episodes, labels every step (t, t+1) with the LAM's codes, trains
-``latent_pretraining.actions.decoder`` on the codes of 80% of the episodes and scores the
-rest: MAE per action dimension and gripper accuracy. Beside it, two references on the same
-held-out steps: the error of decoding ground-truth action bins (LAPA's 256 quantile bins
-fitted on the training steps; the floor set by discretisation) and of predicting the
-training mean (what codes that carry no information would give). Prints a table and JSON.
+Writes tabletop episodes (``data.make_tabletop``, into a temporary folder), labels every step
+(t, t+1) with the LAM's codes, trains ``latent_pretraining.actions.decoder`` on the codes of 80%
+of the episodes and scores the rest: MAE per action dimension and gripper accuracy. Beside it,
+two references on the same held-out steps: the error of decoding ground-truth action bins
+(LAPA's 256 quantile bins fitted on the training steps; the floor set by discretisation) and
+of predicting the training mean (what codes that carry no information would give). Prints a table and JSON.
 """
 
 from __future__ import annotations
@@ -20,22 +20,29 @@ from pathlib import Path
 import numpy as np
 from report import print_report
 
+from data.make_tabletop import make_dataset
 from lam.checkpoint import load_lam
-from lam.data import PairBatches, frame_pairs, split_episodes, tabletop_episodes
+from lam.data import PairBatches, frame_pairs, split_episodes
 from lam.label import CodeLabeler
 from latent_pretraining.actions.bins import ActionBins
 from latent_pretraining.actions.decoder import train as train_decoder
 from latent_pretraining.configs.action_decoder import get_config
+from latent_pretraining.episodes import open_episodes
+from sim.env import EnvConfig
 
 DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw")
 
 
 def labelled_steps(
-    lam_path: str, episodes: int, seed: int, noise: float
+    lam_path: str, episodes: int, seed: int, noise: float, tmp: Path
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes [N, L], actions [N, 7], episode index [N]) for every step of every episode."""
+    """(codes [N, L], actions [N, 7], episode index [N]) for every step of every episode of a
+    tabletop export written under ``tmp`` at the LAM's image size."""
     model = load_lam(lam_path)
-    eps = tabletop_episodes(count=episodes, image_size=model.cfg.image_size, seed=seed, noise=noise)
+    export = tmp / "tabletop"
+    config = EnvConfig(image_size=model.cfg.image_size)
+    make_dataset(export, episodes, config, seed=seed, noise=noise, formats=("videos",))
+    eps = open_episodes("tabletop", str(export))
     pairs = frame_pairs(eps, 1, tail="drop")
     labeler, batches = CodeLabeler(model, 256), PairBatches(eps)
     codes = np.concatenate(
@@ -69,11 +76,11 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=1.0, help="expert action noise (as the LAM was trained)")
     p.add_argument("--seed", type=int, default=1000, help="episodes unseen by the LAM's training (seed 0..)")
     args = p.parse_args()
-    codes, actions, episode = labelled_steps(args.lam, args.episodes, args.seed, args.noise)
-    train_eps, test_eps = split_episodes(args.episodes, 0.2, 0)
-    train, test = np.isin(episode, train_eps), np.isin(episode, test_eps)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        codes, actions, episode = labelled_steps(args.lam, args.episodes, args.seed, args.noise, Path(tmp))
+        train_eps, test_eps = split_episodes(args.episodes, 0.2, 0)
+        train, test = np.isin(episode, train_eps), np.isin(episode, test_eps)
         write_rows(Path(tmp) / "train.jsonl", codes[train], actions[train])
         write_rows(Path(tmp) / "test.jsonl", codes[test], actions[test])
         config = get_config()

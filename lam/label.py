@@ -43,13 +43,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from lam.checkpoint import DATA_FILE, export_dir, load_data_settings, load_lam
-from lam.data import Episode, PairBatches, frame_pairs, open_episodes
+from lam.data import PairBatches, frame_pairs
 from lam.model import LatentActionModel
 from latent_pretraining.core.batched import LocalBatchApply
 from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths
 from latent_pretraining.core.partial import PartialJsonl, fingerprint
 from latent_pretraining.core.partial import paths as partial_paths
+from latent_pretraining.episodes import SOURCE_KINDS, Episode, open_episodes
 from latent_pretraining.prompts import lapa_instruction
 
 FIELDS = "[instruction],[vision],delta"
@@ -236,7 +237,7 @@ def data_options(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lam", required=True, help="LAM export / run directory, or LAPA's .pt")
-    p.add_argument("--source", required=True, choices=("folder", "video", "rlds", "jsonl"))
+    p.add_argument("--source", required=True, choices=SOURCE_KINDS)
     p.add_argument("--path", required=True)
     p.add_argument(
         "--image_root",

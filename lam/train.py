@@ -1,7 +1,7 @@
 """Trains the latent action model on frame pairs, on the shared training infrastructure.
 
     python -m lam.train --config=lam/configs/lam.py:small[,vq_ema|fsq] --config.run_dir=runs/lam \\
-        [--config.data.source=folder --config.data.path=DIR --config.data.offset=1]
+        --config.data.path=DIR [--config.data.source=folder --config.data.offset=1]
 
 Loss: mean squared error of the predicted future frame (LAPA's) plus the quantizer's own
 loss (VQ commitment). After each optimizer step the quantizer maintains its codebook on the
@@ -29,16 +29,7 @@ from flax import nnx
 
 from lam import metrics
 from lam.checkpoint import data_settings, save_lam
-from lam.data import (
-    Episode,
-    PairBatches,
-    drop_static,
-    frame_pairs,
-    open_episodes,
-    pair_stream,
-    select_pairs,
-    split_episodes,
-)
+from lam.data import PairBatches, drop_static, frame_pairs, pair_stream, select_pairs, split_episodes
 from lam.model import LatentActionModel
 from lam.visualize import save_reconstruction_grid, save_same_code_grid
 from latent_pretraining.core import loop
@@ -51,6 +42,7 @@ from latent_pretraining.core.state import (
     create_train_state,
     global_batch,
 )
+from latent_pretraining.episodes import Episode, check_source, open_episodes
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -275,12 +267,9 @@ def _scalars(report: dict) -> dict[str, float]:
 def load_pairs(config: ml_collections.ConfigDict) -> tuple[list[Episode], np.ndarray, np.ndarray]:
     """Episodes, training pairs and held-out pairs (split by episode)."""
     data = config.data
+    check_source(data.source, data.path, "--config.data.path")
     options: dict = {}
-    if data.source == "tabletop":
-        options = dict(
-            image_size=config.model.image_size, count=data.episodes, seed=config.seed, noise=data.noise
-        )
-    elif data.source == "rlds":
+    if data.source == "rlds":
         options = dict(image_key=data.image_key)
     elif data.source == "jsonl" and data.image_root:
         options = dict(image_root=data.image_root)

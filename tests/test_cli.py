@@ -107,8 +107,8 @@ def test_rlds_writing_and_reading_print_no_tensorflow_start_up_lines(tmp_path):
     read = _run(
         [
             "-c",
-            "from lam.data import rlds_episodes; from latent_pretraining.vqgan.sources import rlds_images; "
-            "path = 'tt/rlds/tabletop/1.0.0'; print(len(rlds_episodes(path)), len(rlds_images(path)))",
+            "from latent_pretraining.episodes import EpisodeFrames, open_episodes; "
+            "print(len(EpisodeFrames(open_episodes('rlds', 'tt/rlds/tabletop/1.0.0'))))",
         ],
         tmp_path,
     )

@@ -1,4 +1,5 @@
-"""The latent action model's data layer: episode sources, frame pairs, batches and the host stream."""
+"""Episode sources (``latent_pretraining.episodes``) and the latent action model's frame pairs,
+batches and host stream (``lam.data``)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from PIL import Image
 
 from data.make_tabletop import make_dataset, run_episode
 from lam.data import (
-    Episode,
     PairBatches,
     drop_static,
     frame_pairs,
+    pair_actions,
+    pair_stream,
+    select_pairs,
+    split_episodes,
+)
+from latent_pretraining.episodes import (
+    Episode,
     image_folders,
     jsonl_frames,
     open_episodes,
-    pair_actions,
-    pair_stream,
     rlds_episodes,
-    select_pairs,
-    split_episodes,
     video_files,
 )
 from sim.env import EnvConfig, TabletopEnv
@@ -240,18 +243,29 @@ def test_rlds_frames_instructions_and_actions_match_the_export(export):
         rlds_episodes(path, image_key="wrist_image")
 
 
-def test_open_episodes_dispatch_and_simulated_episodes(export):
-    out, _ = export
-    assert [e.episode_id for e in open_episodes("folder", str(out))] == [
-        e.episode_id for e in image_folders(out)
-    ]
-    episodes = open_episodes("tabletop", image_size=16, count=2, seed=5, noise=0.0)
-    sim = run_episode(TabletopEnv(EnvConfig(image_size=16)), 6, TASK_KINDS[1], 0.0)
-    second = episodes[1]
-    assert second.episode_id == sim["episode_id"] and second.instruction == sim["instruction"]
-    assert second.num_frames == len(sim["frames"]) and second.actions.shape == (second.num_frames - 1, 7)
-    np.testing.assert_array_equal(second.frame(second.num_frames - 1), sim["frames"][-1])
-    np.testing.assert_array_equal(second.actions, np.stack(sim["actions"]))
+def test_open_episodes_dispatch_and_the_tabletop_export(export, tmp_path):
+    out, expected = export
+    folder = open_episodes("folder", str(out))
+    assert [e.episode_id for e in folder] == [e.episode_id for e in image_folders(out)]
+    jsonl = open_episodes("jsonl", str(out / "videos" / "frames.jsonl"))
+    assert [e.num_frames for e in jsonl] == [e.num_frames for e in folder]
+    # the tabletop source is the export on disk (its root or its videos/), with the expert's actions
+    for root in (out, out / "videos"):
+        episodes = open_episodes("tabletop", str(root))
+        assert [e.episode_id for e in episodes] == [e["episode_id"] for e in expected]
+        second, sim = episodes[1], expected[1]
+        assert second.instruction == sim["instruction"] and second.num_frames == len(sim["frames"])
+        np.testing.assert_array_equal(second.frame(second.num_frames - 1), sim["frames"][-1])
+        np.testing.assert_array_equal(second.actions, np.stack(sim["actions"]))
+    with pytest.raises(ValueError, match=r"tabletop source needs path: .*data\.make_tabletop --out DIR"):
+        open_episodes("tabletop", "")
+    with pytest.raises(ValueError, match=r"the rlds source needs path"):
+        open_episodes("rlds", "")
+    write_png(tmp_path / "plain" / "0.png", 1)  # image folders, but no export index
+    with pytest.raises(FileNotFoundError, match=r"plain has no index\.json .*not a tabletop export"):
+        open_episodes("tabletop", str(tmp_path / "plain"))
+    with pytest.raises(FileNotFoundError, match=r"tabletop export .*nowhere does not exist"):
+        open_episodes("tabletop", str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="unknown episode source 'mp4'"):
         open_episodes("mp4", str(out))
 

@@ -14,7 +14,7 @@ from helpers import override, run_killed_at_step
 
 from lam.checkpoint import CONFIG_FILE, load_lam, save_lam
 from lam.configs.lam import get_config
-from lam.data import PairBatches, frame_pairs, image_folders
+from lam.data import PairBatches, frame_pairs
 from lam.label import main as label_main
 from lam.model import (
     LatentActionModel,
@@ -30,11 +30,25 @@ from lam.refit import main as refit_main
 from lam.train import build_optimizer, load_pairs, make_step, train
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import compile_step, create_train_state, global_batch
+from latent_pretraining.episodes import image_folders
 
 
-def _config(tmp_path, name: str = "run", **overrides):
+def _config(tmp_path, name: str = "run", export="", **overrides):
+    """The tiny preset reading the tabletop export ``export``."""
     config = get_config("tiny")
-    return override(config, {"run_dir": str(tmp_path / name), "async_checkpoints": False, **overrides})
+    settings = {"run_dir": str(tmp_path / name), "async_checkpoints": False, "data.path": str(export)}
+    return override(config, {**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """A tabletop export of 12 expert episodes at 64x64 (the training data of the tiny runs)."""
+    from data.make_tabletop import make_dataset
+    from sim.env import EnvConfig
+
+    out = tmp_path_factory.mktemp("lam_export") / "tabletop"
+    make_dataset(out, 12, EnvConfig(image_size=64), noise=0.1, formats=("videos",))
+    return out
 
 
 def test_patchify_round_trip_and_lapa_feature_order():
@@ -250,11 +264,19 @@ def test_bf16_compute_stays_close_to_fp32():
     assert 0 < err < 0.1
 
 
+def test_the_default_source_asks_for_the_export_path(export):
+    with pytest.raises(ValueError, match=r"tabletop source needs --config\.data\.path: .*make_tabletop"):
+        load_pairs(get_config("tiny"))
+    episodes, train_pairs, holdout_pairs = load_pairs(_config(export, export=export))
+    assert len(episodes) == 12 and all(e.actions is not None for e in episodes)  # the expert's actions
+    assert set(train_pairs[:, 0]).isdisjoint(holdout_pairs[:, 0])
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny run on simulated tabletop episodes (30 steps, evaluated at 15 and 30)."""
+def trained(tmp_path_factory, export):
+    """A tiny run on the tabletop export (30 steps, evaluated at 15 and 30)."""
     tmp = tmp_path_factory.mktemp("lam")
-    config = _config(tmp)
+    config = _config(tmp, export=export)
     last = train(config)
     return config, last
 
@@ -370,10 +392,11 @@ def test_kmeans_plus_plus_seeds_far_apart():
         assert sorted(np.round(seeds[:, 0] / 10).astype(int)) == [0, 1, 2], seed  # uniform: 2/9 each time
 
 
-def test_resume_after_kill_reproduces_the_run(tmp_path, monkeypatch):
-    full = _config(tmp_path, "full", total_steps=12, save_every=4, eval_every=0, log_every=4)
+def test_resume_after_kill_reproduces_the_run(tmp_path, monkeypatch, export):
+    settings = dict(export=export, total_steps=12, save_every=4, eval_every=0, log_every=4)
+    full = _config(tmp_path, "full", **settings)
     train(full)
-    killed = _config(tmp_path, "killed", total_steps=12, save_every=4, eval_every=0, log_every=4)
+    killed = _config(tmp_path, "killed", **settings)
     run_killed_at_step(monkeypatch, 7, lambda: train(killed))  # dies asking for step 7's batch
     train(killed)  # resumes from the step-4 checkpoint
 

@@ -20,16 +20,14 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.preset = arg
     c.model = get_lam_config(preset, quantizer)
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tabletop"  # tabletop | folder | video | jsonl | rlds
-    c.data.path = ""
+    c.data.source = "tabletop"  # tabletop | folder | video | jsonl | rlds (latent_pretraining.episodes)
+    c.data.path = ""  # tabletop: the folder `python -m data.make_tabletop --out DIR` wrote
     c.data.image_key = "image"  # rlds: steps/observation/<image_key>
     c.data.image_root = ""  # jsonl: the folder relative image paths may not leave ("": the JSONL's)
     c.data.offset = 1  # H in frames ...
     c.data.offset_seconds = 0.0  # ... or in seconds (> 0: H = round(seconds * fps) per video)
     c.data.drop_static = 0.0  # > 0: drop pairs whose mean |x_{t+H} - x_t| (in [0, 1]) is below this
     c.data.holdout_fraction = 0.1  # episodes held out for evaluation (split by episode)
-    c.data.episodes = 200  # tabletop source: episodes to simulate
-    c.data.noise = 0.1  # tabletop source: expert noise
     c.batch_size = 32  # global
     c.total_steps = 3000
     c.learning_rate = 3e-4
@@ -61,7 +59,6 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.eval_every = c.save_every = 5000
         c.eval.max_pairs, c.eval.probe_train_pairs = 256, 1024  # 256x256 frames are held in memory
     elif preset == "tiny":
-        c.data.episodes = 12
         c.batch_size = 8
         c.total_steps = 30
         c.warmup_steps = 5

@@ -15,9 +15,9 @@ def get_config(preset: str = "small") -> ml_collections.ConfigDict:
     c.preset = preset
     c.model = get_vqgan_config(preset)
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tabletop"  # folder | rlds | tabletop
-    c.data.path = ""
-    c.data.limit = 4096  # images to use (0 = all); the tabletop source generates this many
+    c.data.source = "tabletop"  # tabletop | folder | video | jsonl | rlds (latent_pretraining.episodes)
+    c.data.path = ""  # tabletop: the folder `python -m data.make_tabletop --out DIR` wrote
+    c.data.limit = 4096  # images to use, the first in episode order (0 = all)
     c.data.holdout = 64  # images kept out of training for evaluation
     c.data.augment = False  # LAPA's training augmentation (random 90% crop, colour jitter)
     c.batch_size = 32  # global

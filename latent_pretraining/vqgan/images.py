@@ -15,18 +15,12 @@ anti-aliasing) in float, so results can differ from OpenCV by one grey level.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from latent_pretraining.episodes.base import load_image as load_image  # the file reader, re-exported
 
 CROP_AREA = 0.9  # LAPA's RandomResizedCrop scale
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] from any file PIL reads."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:

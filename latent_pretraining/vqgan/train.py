@@ -1,7 +1,7 @@
 """Trains a VQ image tokenizer on the shared training infrastructure.
 
     python -m latent_pretraining.vqgan train --config=latent_pretraining/configs/vqgan.py:small \\
-        --config.run_dir=runs/vq [--config.data.source=folder --config.data.path=DIR]
+        --config.run_dir=runs/vq --config.data.path=DIR [--config.data.source=folder]
 
 Loss: mean squared reconstruction error + codebook loss + commitment (``commitment_cost``),
 with a straight-through estimator. Codes whose running usage falls below
@@ -35,10 +35,10 @@ from latent_pretraining.core.state import (
     create_train_state,
     global_batch,
 )
+from latent_pretraining.episodes import EpisodeFrames, check_source, open_episodes
 from latent_pretraining.vqgan.images import augment, lapa_resize, to_model_range
 from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN
-from latent_pretraining.vqgan.sources import open_source
 
 
 def psnr(mse: jax.Array) -> jax.Array:
@@ -167,11 +167,18 @@ def make_eval(
     return run
 
 
+def open_frames(data: ml_collections.ConfigDict) -> EpisodeFrames:
+    """Every frame of the episodes of ``data.source`` at ``data.path``; the first ``data.limit`` (0: all)."""
+    check_source(data.source, data.path, "--config.data.path")
+    options = {"max_frames": data.limit} if data.source == "rlds" else {}  # reads no more than it keeps
+    return EpisodeFrames(open_episodes(data.source, data.path, **options), data.limit)
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     size = config.model.resolution
-    source = open_source(config.data.source, config.data.path, config.data.limit, size, config.seed)
+    source = open_frames(config.data)
     if len(source) <= config.data.holdout:
         raise ValueError(
             f"{len(source)} images leave none for training after holding out {config.data.holdout}"
