@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from latent_pretraining.core.quiet import import_tfds
 from latent_pretraining.episodes.base import Episode
 
 
@@ -31,10 +31,7 @@ def rlds_episodes(
     sorted key order. Episode id: ``episode_metadata/episode_id`` when present, else ``<split>_<i>``.
     ``max_frames`` > 0 stops reading after the episode that brings the frame count to it.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING start-up lines
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice (tf only reads records here)
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds()  # here, not at import: reading the other sources needs no TensorFlow
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"RLDS dataset directory {path} does not exist")
