@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from report import print_report
+from report import print_report, tabletop_export
 
-from data.make_tabletop import make_dataset
 from lam.checkpoint import load_lam
 from lam.data import PairBatches, frame_pairs, split_episodes
 from lam.label import CodeLabeler
@@ -28,7 +27,6 @@ from latent_pretraining.actions.bins import ActionBins
 from latent_pretraining.actions.decoder import train as train_decoder
 from latent_pretraining.configs.action_decoder import get_config
 from latent_pretraining.episodes import open_episodes
-from sim.env import EnvConfig
 
 DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw")
 
@@ -39,9 +37,7 @@ def labelled_steps(
     """(codes [N, L], actions [N, 7], episode index [N]) for every step of every episode of a
     tabletop export written under ``tmp`` at the LAM's image size."""
     model = load_lam(lam_path)
-    export = tmp / "tabletop"
-    config = EnvConfig(image_size=model.cfg.image_size)
-    make_dataset(export, episodes, config, seed=seed, noise=noise, formats=("videos",))
+    export = tabletop_export(tmp, episodes, model.cfg.image_size, seed, noise)
     eps = open_episodes("tabletop", str(export))
     pairs = frame_pairs(eps, 1, tail="drop")
     labeler, batches = CodeLabeler(model, 256), PairBatches(eps)

@@ -3,7 +3,7 @@
     python benchmarks/bench_lam_quality.py [--steps 1500] [--episodes 150] [--runs vq_ema,nsvq_lapa]
         [--refit] [--model code_head=lapa --model motion_kernel=0]   # the last two: LAPA's heads
 
-Trains the ``small`` preset on simulated tabletop episodes once per configuration (same
+Trains the ``small`` preset on one tabletop export (written under ``--out``) per configuration (same
 data, seed and schedule; only the quantizer differs). The expert's actions get heavy noise
 (``--noise 1.0``): with a near-deterministic expert the next frame is predictable from x_t
 alone and a model can ignore its codes and scores held-out episodes with
@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from report import add_model_argument, override_model, print_report
+from report import add_model_argument, override_model, print_report, tabletop_export
 
 from lam.configs.lam import get_config
 from lam.refit import FIT_PAIRS, refit
@@ -42,7 +42,9 @@ def run(name: str, args: argparse.Namespace) -> list[dict]:
     config = get_config(preset)
     override_model(config.model, args.model)
     config.total_steps, config.eval_every, config.save_every = args.steps, args.eval_every, args.steps
-    config.learning_rate, config.data.episodes, config.data.noise = args.lr, args.episodes, args.noise
+    config.optimizer.learning_rate = args.lr
+    config.data.source = "tabletop"
+    config.data.path = str(tabletop_export(args.out, args.episodes, config.model.image_size, 0, args.noise))
     run_dir = Path(args.out) / name
     config.run_dir = str(run_dir)
     for key, value in quantizer_options.items():

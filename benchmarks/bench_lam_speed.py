@@ -18,9 +18,11 @@ from report import print_report
 
 from lam.configs.lam import get_config
 from lam.model import LatentActionModel
-from lam.train import build_optimizer, make_step
+from lam.train import codebook_upkeep, loss_for
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import compile_step, create_train_state, global_batch
+from latent_pretraining.core.step import make_train_step
 
 
 def bench(preset: str, batch: int, steps: int, dtype: str) -> dict:
@@ -30,13 +32,14 @@ def bench(preset: str, batch: int, steps: int, dtype: str) -> dict:
     batch = -(-batch // mesh.size) * mesh.size
     size = config.model.image_size
     frames = np.random.default_rng(0).random((batch, 2, size, size, 3)).astype(np.float32)
-    optimizer = build_optimizer(config)
+    optimizer, schedule = build_optimizer(config)
     graphdef, state, shardings = create_train_state(
         lambda rngs: LatentActionModel(config.model, rngs), optimizer, mesh, 0
     )
     example = global_batch({"frames": frames}, mesh)
     t0 = time.perf_counter()
-    step = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
+    train_step = make_train_step(graphdef, loss_for(config), optimizer, schedule, codebook_upkeep)
+    step = compile_step(train_step, state, example, shardings, mesh)
     compile_s = time.perf_counter() - t0
     state, metrics = step(state, example)
     jax.block_until_ready(metrics)

@@ -12,12 +12,13 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from report import add_model_argument, override_model
+from report import add_model_argument, override_model, tabletop_export
 
 from lam import metrics
 from lam.configs.lam import get_config
 from lam.data import PairBatches, pair_actions
-from lam.train import build_optimizer, load_pairs
+from lam.train import load_pairs
+from latent_pretraining.core.optim import build_optimizer
 
 
 def ceiling_parser(doc: str, steps: int, eval_every: int) -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def ceiling_parser(doc: str, steps: int, eval_every: int) -> argparse.ArgumentPa
     p.add_argument("--eval_every", type=int, default=eval_every)
     p.add_argument("--episodes", type=int, default=150)
     p.add_argument("--noise", type=float, default=1.0, help="expert action noise")
+    p.add_argument("--data_dir", default="runs/bench_data", help="where the tabletop export is written once")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval_pairs", type=int, default=512)
     add_model_argument(p)
@@ -50,8 +52,11 @@ class CeilingData:
 def load_ceiling_data(args: argparse.Namespace) -> CeilingData:
     config = get_config("small")
     override_model(config.model, args.model)
-    config.total_steps, config.learning_rate = args.steps, args.lr
-    config.data.episodes, config.data.noise = args.episodes, args.noise
+    config.total_steps, config.optimizer.learning_rate = args.steps, args.lr
+    config.data.source = "tabletop"
+    config.data.path = str(
+        tabletop_export(args.data_dir, args.episodes, config.model.image_size, 0, args.noise)
+    )
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     batches = PairBatches(episodes)
     holdout = batches.make_batch(holdout_pairs[: args.eval_pairs], config.model.image_size)
@@ -70,7 +75,7 @@ def train_and_evaluate(
     LAM's optimizer; every ``eval_every`` steps (and at the end) a row of ``evaluate()``'s scores
     with the step, recent train loss and minutes."""
     config, rng = data.config, np.random.default_rng(data.config.seed)
-    optimizer = nnx.Optimizer(model, build_optimizer(config), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, build_optimizer(config)[0], wrt=nnx.Param)
 
     @nnx.jit
     def step(model, optimizer, frames, actions):

@@ -1,12 +1,27 @@
-"""Shared by the benchmark scripts: the results report and model overrides from the command line."""
+"""Shared by the benchmark scripts: the results report, model overrides from the command line and
+the tabletop export they train on."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import ml_collections
+
+from data.make_tabletop import make_dataset
+from sim.env import EnvConfig
+
+
+def tabletop_export(out: Path, episodes: int, image_size: int, seed: int = 0, noise: float = 0.1) -> Path:
+    """A tabletop export of ``episodes`` expert episodes under ``out`` (written once per setting)."""
+    export = Path(out) / f"tabletop_{episodes}ep_{image_size}px_seed{seed}_noise{noise:g}"
+    if not (export / "videos" / "index.json").is_file():
+        make_dataset(
+            export, episodes, EnvConfig(image_size=image_size), seed=seed, noise=noise, formats=("videos",)
+        )
+    return export
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

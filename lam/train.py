@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from lam import metrics
@@ -33,7 +32,7 @@ from lam.data import PairBatches, drop_static, frame_pairs, pair_stream, select_
 from lam.model import LatentActionModel
 from lam.visualize import save_reconstruction_grid, save_same_code_grid
 from latent_pretraining.core import loop
-from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import (
     TrainState,
@@ -42,13 +41,8 @@ from latent_pretraining.core.state import (
     create_train_state,
     global_batch,
 )
+from latent_pretraining.core.step import make_train_step
 from latent_pretraining.episodes import Episode, check_source, open_episodes
-
-
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    lr = warmup_schedule(config.schedule, config.learning_rate, config.warmup_steps, config.total_steps)
-    adam = optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
 
 
 def batch_code_stats(codes: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
@@ -59,41 +53,29 @@ def batch_code_stats(codes: jax.Array, size: int) -> tuple[jax.Array, jax.Array]
     return jnp.mean(jnp.mean(freq > 0, axis=-1)), jnp.mean(jnp.exp(entropy))
 
 
-def make_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict
-):
+def loss_for(config: ml_collections.ConfigDict):
+    """Reconstruction MSE of x_{t+H} plus the quantizer's loss, and this batch's code statistics."""
     size = config.model.codebook_size
 
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        frames = batch["frames"]
-        rng, noise_key, upkeep_key = jax.random.split(state["rng"], 3)
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state["rest"])
-            out = model(frames, train=True, rng=noise_key)
-            rec = jnp.mean(jnp.square(out["recon"].astype(jnp.float32) - out["target"]))
-            return rec + out["aux_loss"], (rec, out["codes"], out["z"])
-
-        (loss, (rec, codes, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        step_no = state["step"] + 1
-        model = nnx.merge(graphdef, params, state["rest"])
-        upkeep = model.quantizer.maintain(z, codes, step_no, upkeep_key)
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        usage, perplexity = batch_code_stats(codes, size)
-        new_state = {"params": params, "rest": rest, "opt_state": opt_state, "step": step_no, "rng": rng}
-        return new_state, {
-            "loss": loss,
+    def loss_fn(model: LatentActionModel, batch: dict[str, jax.Array], rng: jax.Array):
+        out = model(batch["frames"], train=True, rng=rng)
+        rec = jnp.mean(jnp.square(out["recon"].astype(jnp.float32) - out["target"]))
+        usage, perplexity = batch_code_stats(out["codes"], size)
+        scores = {
             "rec_mse": rec,
             "psnr": metrics.psnr(rec),
             "batch_code_usage": usage,
             "batch_perplexity": perplexity,
-            "grad_norm": optax.tree.norm(grads),
-            **upkeep,
         }
+        return rec + out["aux_loss"], scores, (out["z"], out["codes"])
 
-    return step
+    return loss_fn
+
+
+def codebook_upkeep(model: LatentActionModel, carry, step: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+    """The quantizer's dead-code restarts / EMA updates, after each optimizer update."""
+    z, codes = carry
+    return model.quantizer.maintain(z, codes, step, rng)
 
 
 class Evaluator:
@@ -314,7 +296,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     mesh = make_mesh(config.mesh)
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     data = pair_stream(episodes, train_pairs, config.batch_size, config.model.image_size, config.seed)
-    optimizer = build_optimizer(config)
+    optimizer, schedule = build_optimizer(config)
     graphdef, state, shardings = create_train_state(
         lambda rngs: LatentActionModel(config.model, rngs), optimizer, mesh, config.seed
     )
@@ -322,7 +304,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     state, start = loop.resume(checkpointer, state, data)
     logger = loop.logger_for(config, run_dir)
     example = global_batch(data.peek(), mesh)
-    step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
+    step = make_train_step(graphdef, loss_for(config), optimizer, schedule, codebook_upkeep)
+    step_fn = compile_step(step, state, example, shardings, mesh)
     holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
     evaluator = Evaluator(graphdef, episodes, holdout, probe, mesh, config, run_dir)
     settings = loop.LoopSettings(

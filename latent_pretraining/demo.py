@@ -19,14 +19,18 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 from tqdm import tqdm
 
 from latent_pretraining.config import get_model_config
-from latent_pretraining.core.sharding import create_sharded, make_mesh, maybe_initialize_distributed
+from latent_pretraining.core.optim import build_optimizer
+from latent_pretraining.core.run_config import run_config
+from latent_pretraining.core.sharding import make_mesh, maybe_initialize_distributed
+from latent_pretraining.core.state import compile_step, create_train_state, global_batch
+from latent_pretraining.core.step import make_train_step
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import Modality, VLAModel
 from latent_pretraining.sampler import Sampler
@@ -58,42 +62,42 @@ def synthetic_examples(n: int, seed: int, vision_vocab: int) -> tuple[np.ndarray
 
 
 def train(
-    model: VLAModel, ids: np.ndarray, modality: np.ndarray, steps: int, batch: int, seed: int
-) -> list[float]:
-    """Latent-token cross entropy at the positions that predict the 4 codes."""
-    graphdef, params = nnx.split(model, nnx.Param)
-    warmup = min(20, steps // 5)  # a short run still has steps left to decay over
-    optimizer = optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, 3e-3, warmup, steps), b2=0.95, weight_decay=0.0
+    cfg: ml_collections.ConfigDict, mesh, ids: np.ndarray, modality: np.ndarray, steps: int, batch: int
+) -> tuple[VLAModel, list[float]]:
+    """Latent-token cross entropy at the positions that predict the 4 codes, with the trainers'
+    optimizer and train step; returns the trained model and the loss of every step."""
+    run = run_config(
+        run_dir="", batch_size=batch, total_steps=steps, optimizer=dict(learning_rate=3e-3, warmup_steps=20)
     )
-    opt_state = optimizer.init(params)
+    optimizer, schedule = build_optimizer(run)
+    graphdef, state, shardings = create_train_state(lambda rngs: VLAModel(cfg, rngs=rngs), optimizer, mesh)
+    n_params = sum(p.size for p in jax.tree.leaves(state["params"]))
+    print(f"model: debug preset, {n_params:,} parameters, layers scanned={cfg.scan_layers}")
     latent_start = int(np.flatnonzero(modality[0] == Modality.LATENT)[0])
     predict = slice(latent_start - 1, latent_start + LATENT_TOKENS - 1)
 
-    @jax.jit
-    def step(params, opt_state, ids, modality):
-        def loss_fn(params):
-            logits = nnx.merge(graphdef, params)(ids, modality, heads=("latent",))["latent"][:, predict]
-            targets = ids[:, latent_start : latent_start + LATENT_TOKENS]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    def loss_fn(model: VLAModel, rows: dict[str, jax.Array], rng: jax.Array):
+        logits = model(rows["ids"], rows["modality"], heads=("latent",))["latent"][:, predict]
+        targets = rows["ids"][:, latent_start : latent_start + LATENT_TOKENS]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), {}, None
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    rng = np.random.default_rng(0)
 
-    rng = np.random.default_rng(seed)
+    def sample() -> dict[str, jax.Array]:
+        idx = rng.integers(0, len(ids), size=batch)
+        return global_batch({"ids": ids[idx], "modality": modality[idx]}, mesh)
+
+    rows = sample()
+    step = compile_step(make_train_step(graphdef, loss_fn, optimizer, schedule), state, rows, shardings, mesh)
     losses = []
     with tqdm(range(steps), desc="train", unit="step") as bar:
         for _ in bar:
-            idx = rng.integers(0, len(ids), size=batch)
-            params, opt_state, loss = step(
-                params, opt_state, jnp.asarray(ids[idx]), jnp.asarray(modality[idx])
-            )
-            losses.append(float(loss))
+            state, metrics = step(state, rows)
+            losses.append(float(metrics["loss"]))
+            rows = sample()
             if len(losses) % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-    nnx.update(model, params)
-    return losses
+    return nnx.merge(graphdef, state["params"], state["rest"]), losses
 
 
 def main() -> None:
@@ -112,14 +116,9 @@ def main() -> None:
     cfg = get_model_config("debug")
     mesh = make_mesh(args.mesh)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; mesh {dict(mesh.shape)}")
-    model = create_sharded(lambda rngs: VLAModel(cfg, rngs=rngs), mesh, seed=0)
-    n_params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    print(f"model: debug preset, {n_params:,} parameters, layers scanned={cfg.scan_layers}")
-
     ids, modality, _ = synthetic_examples(4096, seed=0, vision_vocab=cfg.vision_vocab_size)
     start = time.perf_counter()
-    with jax.set_mesh(mesh):
-        losses = train(model, ids, modality, args.steps, args.batch, seed=0)
+    model, losses = train(cfg, mesh, ids, modality, args.steps, args.batch)
     print(
         f"trained {args.steps} steps in {time.perf_counter() - start:.1f}s: "
         f"latent loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}"

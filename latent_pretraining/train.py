@@ -12,7 +12,6 @@ positions). Rerunning a command resumes its run directory from the newest checkp
 from __future__ import annotations
 
 import itertools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ from flax import nnx
 from latent_pretraining.actions.bins import ActionBins
 from latent_pretraining.core import loop
 from latent_pretraining.core.checkpointing import Checkpointer
-from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh, uses_config_axis_rules
 from latent_pretraining.core.state import (
     TrainState,
@@ -33,6 +32,7 @@ from latent_pretraining.core.state import (
     create_train_state,
     global_batch,
 )
+from latent_pretraining.core.step import make_train_step
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
 from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
@@ -46,43 +46,6 @@ from latent_pretraining.vla_data import (
 )
 from latent_pretraining.vqgan.encode import load_row_encoder
 from latent_pretraining.vqgan.images import check_mode, eval_mode
-
-
-def _path_name(path: tuple) -> str:
-    return "/".join(str(p) for p in path)
-
-
-def build_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with warmup then cosine/constant, global-norm clipping, no decay on norms,
-    optional frozen parameter groups and gradient accumulation."""
-    o = config.optimizer
-    schedule = warmup_schedule(
-        o.schedule,
-        o.learning_rate,
-        o.warmup_steps,
-        config.total_steps // o.accumulate_steps,
-        o.end_learning_rate,
-    )
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.clip_gradient) if o.clip_gradient > 0 else optax.identity(),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
-    )
-    patterns = [re.compile(p.strip()) for p in o.frozen.split(",") if p.strip()]
-    if patterns:
-
-        def labels(params):
-            flat = nnx.to_flat_state(params)
-            names = {
-                path: ("frozen" if any(p.fullmatch(_path_name(path)) for p in patterns) else "train")
-                for path, _ in flat
-            }
-            return nnx.from_flat_state([(path, var.replace(names[path])) for path, var in flat])
-
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    if o.accumulate_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=o.accumulate_steps)
-    return tx, schedule
 
 
 def token_losses(model: VLAModel, batch: dict[str, jax.Array], weights: dict[str, float]):
@@ -105,27 +68,15 @@ def token_losses(model: VLAModel, batch: dict[str, jax.Array], weights: dict[str
     return total, metrics, predictions
 
 
-def make_step(graphdef, optimizer, schedule, config):
+def loss_for(config: ml_collections.ConfigDict):
+    """The weighted next-token loss of ``config.loss``, as ``make_train_step`` takes it."""
     weights = {h: float(config.loss[h]) for h in VOCABS}
 
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        def loss_fn(params):
-            total, metrics, _ = token_losses(nnx.merge(graphdef, params, state["rest"]), batch, weights)
-            return total, metrics
+    def loss_fn(model: VLAModel, batch: dict[str, jax.Array], rng: jax.Array):
+        total, metrics, _ = token_losses(model, batch, weights)
+        return total, metrics, None
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        update_count = (state["step"] + 1) // config.optimizer.accumulate_steps
-        metrics.update(
-            loss=loss,
-            learning_rate=schedule(update_count),
-            grad_norm=optax.tree.norm(grads),
-            param_norm=optax.tree.norm(params),
-        )
-        return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-    return step
+    return loss_fn
 
 
 def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: ActionBins | None):
@@ -235,6 +186,25 @@ def _action_bins(config: ml_collections.ConfigDict) -> ActionBins | None:
     return bins
 
 
+def _check_text_setup(tokenizer: TextTokenizer, config: ml_collections.ConfigDict) -> None:
+    """The tokenizer fits the model's text table and special ids, and rows fit its sequence length."""
+    m, path = config.model, config.data.tokenizer
+    if tokenizer.vocab_size > m.text_vocab_size:
+        raise ValueError(
+            f"tokenizer {path} has {tokenizer.vocab_size} tokens; model.text_vocab_size: {m.text_vocab_size}"
+        )
+    if (tokenizer.bos_id, tokenizer.eos_id) != (m.bos_token_id, m.eos_token_id):
+        raise ValueError(
+            f"tokenizer {path} has BOS/EOS ids {tokenizer.bos_id}/{tokenizer.eos_id}; the model config says "
+            f"{m.bos_token_id}/{m.eos_token_id} (model.bos_token_id, model.eos_token_id)"
+        )
+    if config.data.max_length > m.max_sequence_length:
+        raise ValueError(
+            f"data.max_length {config.data.max_length} exceeds model.max_sequence_length "
+            f"{m.max_sequence_length}, the longest sequence LAPA's code runs this model on"
+        )
+
+
 @uses_config_axis_rules  # parameters, batches and activations are sharded by its rule table
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if not config.data.train or not config.data.tokenizer:
@@ -245,10 +215,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     mesh = make_mesh(config.mesh)
     m = config.model
     tokenizer = TextTokenizer(config.data.tokenizer)
-    if tokenizer.vocab_size > m.text_vocab_size:
-        raise ValueError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but model.text_vocab_size is {m.text_vocab_size}"
-        )
+    _check_text_setup(tokenizer, config)
     bins = _action_bins(config)
     train_images = eval_images = None
     if config.data.vqgan_checkpoint:
@@ -304,7 +271,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         eval_fn = make_eval(graphdef, eval_data, per_host, mesh, config, bins)
     logger = loop.logger_for(config, run_dir)
     step_fn = compile_step(
-        make_step(graphdef, optimizer, schedule, config),
+        make_train_step(graphdef, loss_for(config), optimizer, schedule),
         state,
         global_batch(data.peek(), mesh),
         shardings,

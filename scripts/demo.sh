@@ -33,7 +33,7 @@ echo "== 4. latent actions: train the latent action model, label every frame, la
 rm -rf "$OUT/lam" "$OUT/latent.jsonl"
 $PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
     --config.data.path="$OUT/tabletop/videos" --config.total_steps=200 --config.eval_every=0 \
-    --config.save_every=200 --config.learning_rate=5e-4 --config.run_dir="$OUT/lam"
+    --config.save_every=200 --config.optimizer.learning_rate=5e-4 --config.run_dir="$OUT/lam"
 $PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/tabletop/videos" --out "$OUT/latent.jsonl" \
     --vqgan_checkpoint "$OUT/vqgan/vqgan"
 head -n 460 "$OUT/latent.jsonl" > "$OUT/latent_train.jsonl"   # rows are in episode order:

@@ -149,3 +149,102 @@ def run_killed_at_step(monkeypatch, step: int, run) -> None:
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(BatchStream, "__next__", original)
+
+
+class ReadKeys:
+    """Records which fields of a ConfigDict (and its nested blocks) are read while it is active;
+    whole-config walks (``to_dict``, ``to_json``, ``items``, ``values``, ``repr``) do not count."""
+
+    WALKS = (
+        "to_dict",
+        "to_json",
+        "to_json_best_effort",
+        "items",
+        "values",
+        "iteritems",
+        "__repr__",
+        "__str__",
+    )
+
+    def __init__(self, config):
+        self.paths: dict[int, str] = {}  # id of each block -> its dotted prefix
+        self.leaves: set[str] = set()  # every leaf field, dotted
+        self.read: set[str] = set()
+        self._walking = 0
+        self._alive: list = []
+        self._index(config, "")
+
+    def _index(self, config, prefix: str, copy: bool = False) -> None:
+        """Maps ``config`` and its blocks to their prefixes; a ``copy`` (a FrozenConfigDict made
+        from an indexed block) adds no leaves, only the reads made through it."""
+        import ml_collections
+
+        self.paths[id(config)] = prefix
+        self._alive.append(config)  # keeps ids from being reused by other objects
+        for key, value in config._fields.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                self._index(value, f"{prefix}{key}.", copy)
+            elif not copy:
+                self.leaves.add(prefix + key)
+
+    def unread(self) -> set[str]:
+        return self.leaves - self.read
+
+    def __enter__(self):
+        import ml_collections
+
+        cls = ml_collections.ConfigDict
+        self._saved = {name: getattr(cls, name) for name in ("__getitem__", *self.WALKS)}
+        original_get = self._saved["__getitem__"]
+
+        def getitem(config, key):
+            prefix = self.paths.get(id(config))
+            if prefix is not None and not self._walking and isinstance(key, str) and "." not in key:
+                self.read.add(prefix + key)
+            return original_get(config, key)
+
+        def walking(method):
+            def walk(config, *args, **kwargs):
+                self._walking += 1
+                try:
+                    return method(config, *args, **kwargs)
+                finally:
+                    self._walking -= 1
+
+            return walk
+
+        frozen_init = ml_collections.FrozenConfigDict.__init__
+
+        def freeze(frozen, initial_dictionary=None, **kwargs):
+            walking(frozen_init)(frozen, initial_dictionary, **kwargs)
+            if id(initial_dictionary) in self.paths:  # the model freezes its block: follow the copy
+                self._index(frozen, self.paths[id(initial_dictionary)], copy=True)
+
+        cls.__getitem__ = getitem
+        for name in self.WALKS:
+            setattr(cls, name, walking(self._saved[name]))
+        ml_collections.FrozenConfigDict.__init__ = freeze
+        self._frozen_init = frozen_init
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ml_collections
+
+        for name, method in self._saved.items():
+            setattr(ml_collections.ConfigDict, name, method)
+        ml_collections.FrozenConfigDict.__init__ = self._frozen_init
+
+
+RECORDED_ONLY = {"preset"}  # fields a run keeps in its config.json for the record, never reads
+
+
+def run_reading_every_field(config, run, unread_here: dict[str, str]):
+    """``run()``, asserting that it reads every field of ``config`` except ``unread_here`` (field ->
+    why this run leaves it unread), and that each of those is indeed unread."""
+    with ReadKeys(config) as keys:
+        result = run()
+    never = sorted(keys.unread() - set(unread_here) - RECORDED_ONLY)
+    assert not never, f"fields this run never read: {never}"
+    listed = sorted(set(unread_here) - keys.unread())
+    assert not listed, f"fields listed as unread that this run read: {listed}"
+    return result

@@ -71,7 +71,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         (["latent_pretraining.train"], ["data.train", "optimizer.learning_rate"]),
         (["lam.train"], ["data.source", "run_dir"]),
         (["latent_pretraining.vqgan", "train"], ["data.path", "run_dir"]),
-        (["latent_pretraining.actions.decoder", "train"], ["data.train", "learning_rate"]),
+        (["latent_pretraining.actions.decoder", "train"], ["data.train", "optimizer.learning_rate"]),
     ],
 )
 def test_trainer_help_exits_0_and_lists_the_config_fields(tmp_path, command, fields):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import override, run_killed_at_step
+from helpers import override, run_killed_at_step, run_reading_every_field
 
 from lam.checkpoint import CONFIG_FILE, load_lam, save_lam
 from lam.configs.lam import get_config
@@ -27,9 +27,11 @@ from lam.model import (
 )
 from lam.refit import best_kmeans, distortion, kmeans, kmeans_plus_plus
 from lam.refit import main as refit_main
-from lam.train import build_optimizer, load_pairs, make_step, train
+from lam.train import codebook_upkeep, load_pairs, loss_for, train
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import compile_step, create_train_state, global_batch
+from latent_pretraining.core.step import make_train_step
 from latent_pretraining.episodes import image_folders
 
 
@@ -231,12 +233,13 @@ def test_sharded_training_matches_one_device(tmp_path, eight_devices, quantizer,
 
     def losses(mesh_spec: str, devices: list) -> list[float]:
         mesh = make_mesh(mesh_spec, devices)
-        optimizer = build_optimizer(config)
+        optimizer, schedule = build_optimizer(config)
         graphdef, state, shardings = create_train_state(
             lambda rngs: LatentActionModel(config.model, rngs), optimizer, mesh, 0
         )
         batch = global_batch({"frames": frames}, mesh)
-        step = compile_step(make_step(graphdef, optimizer, config), state, batch, shardings, mesh)
+        train_step = make_train_step(graphdef, loss_for(config), optimizer, schedule, codebook_upkeep)
+        step = compile_step(train_step, state, batch, shardings, mesh)
         out = []
         for _ in range(3):
             state, metrics = step(state, batch)
@@ -277,7 +280,8 @@ def trained(tmp_path_factory, export):
     """A tiny run on the tabletop export (30 steps, evaluated at 15 and 30)."""
     tmp = tmp_path_factory.mktemp("lam")
     config = _config(tmp, export=export)
-    last = train(config)
+    unread = {"data.image_key": "the rlds source's", "data.image_root": "the jsonl source's"}
+    last = run_reading_every_field(config, lambda: train(config), unread)
     return config, last
 
 

@@ -12,6 +12,7 @@ from helpers import debug_config
 from latent_pretraining import train as vla_train
 from latent_pretraining.configs.lapa import get_config
 from latent_pretraining.core.checkpointing import Checkpointer
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import create_train_state
 from latent_pretraining.model import VLAModel
@@ -26,7 +27,7 @@ def _ones_like(params):
 
 
 def _apply(config, steps=1):
-    tx, schedule = vla_train.build_optimizer(config)
+    tx, schedule = build_optimizer(config)
     params = _params()
     state = tx.init(params)
     for _ in range(steps):
@@ -52,7 +53,7 @@ def test_weight_decay_spares_norms():
     config = get_config("debug_latent")
     config.optimizer.weight_decay, config.optimizer.warmup_steps, config.optimizer.clip_gradient = 0.5, 0, 0.0
     config.optimizer.schedule = "constant"
-    tx, _ = vla_train.build_optimizer(config)
+    tx, _ = build_optimizer(config)
     params = _params()
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)  # zero gradients: only decay moves weights
@@ -75,10 +76,10 @@ def test_gradient_accumulation_updates_every_k_steps():
 def test_schedules():
     config = get_config("debug_latent")
     config.optimizer.learning_rate, config.optimizer.warmup_steps, config.total_steps = 1.0, 10, 110
-    _, cosine = vla_train.build_optimizer(config)
+    _, cosine = build_optimizer(config)
     assert float(cosine(5)) == 0.5 and float(cosine(10)) == 1.0 and float(cosine(110)) < 1e-6
     config.optimizer.schedule = "constant"
-    _, constant = vla_train.build_optimizer(config)
+    _, constant = build_optimizer(config)
     assert float(constant(100)) == 1.0
 
 

@@ -14,6 +14,7 @@ from conftest import LAPA_VLA_FIXTURE
 from helpers import (
     override,
     run_killed_at_step,
+    run_reading_every_field,
     uniform_bins_csv,
     write_instruction_action_jsonl,
     write_latent_jsonl,
@@ -22,10 +23,12 @@ from helpers import (
 from latent_pretraining import train as vla_train
 from latent_pretraining.config import from_lapa_config
 from latent_pretraining.configs.lapa import get_config
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import create_train_state
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records
 from latent_pretraining.model import VLAModel
+from latent_pretraining.sequences import TextTokenizer
 
 LAPA_FIXTURE = LAPA_VLA_FIXTURE
 
@@ -126,7 +129,8 @@ def test_finetuning_from_lapa_checkpoint_adds_and_trains_the_action_head(tmp_pat
     config.model = from_lapa_config(LAPA_FIXTURE / "config.json")
     config.model.dtype = "float32"
     with caplog.at_level(logging.WARNING):
-        last = vla_train.train(config)
+        unread = {f"data.{key}": "only with data.vqgan_checkpoint" for key in ("image_root", "vqgan_config")}
+        last = run_reading_every_field(config, lambda: vla_train.train(config), unread)
     assert "action_embed" in caplog.text and "action_head" in caplog.text
     losses = _losses(tmp_path / "run")
     assert losses[150] < 0.5 * losses[10]
@@ -240,7 +244,7 @@ def test_init_from_a_run_loads_its_parameters_only_across_optimizer_changes(tmp_
     jax.tree.map(np.testing.assert_array_equal, final["started"], final["donor"])
 
     config.optimizer.accumulate_steps, config.optimizer.frozen = 1, "layers/.*"
-    frozen, _ = vla_train.build_optimizer(config)  # a multi_transform optimizer state
+    frozen, _ = build_optimizer(config)  # a multi_transform optimizer state
     mesh = make_mesh(config.mesh)
     _, state, _ = create_train_state(lambda rngs: VLAModel(config.model, rngs=rngs), optax.adam(1e-3), mesh)
     started = initialise({**state, "opt_state": frozen.init(state["params"])}, config, mesh)
@@ -257,3 +261,17 @@ def test_training_with_frozen_groups_runs(tmp_path, sp_model):
     config.save_every = 0
     last = vla_train.train(config)
     assert last["loss"] > 0
+
+
+def test_tokenizer_and_row_length_must_fit_the_model(sp_model):
+    config = get_config("debug_latent")
+    config.data.tokenizer = str(sp_model)
+    tokenizer = TextTokenizer(sp_model)
+    vla_train._check_text_setup(tokenizer, config)  # the debug model fits the tiny tokenizer
+    config.model.eos_token_id = 3
+    with pytest.raises(ValueError, match=r"BOS/EOS ids 1/2; the model config says 1/3"):
+        vla_train._check_text_setup(tokenizer, config)
+    config.model.eos_token_id = 2
+    config.data.max_length = config.model.max_sequence_length + 1
+    with pytest.raises(ValueError, match=r"exceeds model\.max_sequence_length"):
+        vla_train._check_text_setup(tokenizer, config)

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import override, run_killed_at_step
+from helpers import override, run_killed_at_step, run_reading_every_field
 from PIL import Image
 
 from latent_pretraining.configs.vqgan import get_config
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import create_train_state
+from latent_pretraining.core.step import make_train_step
 from latent_pretraining.episodes import image_folders
 from latent_pretraining.vqgan import train as vq_train
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
@@ -48,7 +49,8 @@ def _metrics(run_dir):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, export):
     run_dir = tmp_path_factory.mktemp("vq")
-    last = vq_train.train(_config(run_dir, export, total_steps=60, eval_every=30, save_every=30))
+    config = _config(run_dir, export, total_steps=60, eval_every=30, save_every=30)
+    last = run_reading_every_field(config, lambda: vq_train.train(config), {})
     return run_dir, last
 
 
@@ -107,7 +109,14 @@ def test_dead_codes_restart_from_encoder_outputs_of_the_batch(eight_devices):
     graphdef, state, _ = create_train_state(lambda rngs: VQGAN(config.model, rngs=rngs), optimizer, mesh)
     state["rest"]["code_usage"][...] = jnp.zeros(64).at[:8].set(1.0 / 8)  # codes 8.. are dead
     images = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3), minval=-1, maxval=1)
-    new_state, metrics = jax.jit(vq_train.make_step(graphdef, optimizer, config))(state, {"images": images})
+    step = make_train_step(
+        graphdef,
+        vq_train.loss_for(config),
+        optimizer,
+        optax.constant_schedule(0.0),
+        vq_train.restarts_for(config),
+    )
+    new_state, metrics = jax.jit(step)(state, {"images": images})
     before, after = (
         np.asarray(state["params"]["codebook"][...]),
         np.asarray(new_state["params"]["codebook"][...]),

@@ -29,11 +29,10 @@ from flax import nnx
 from latent_pretraining.actions.spec import ACTION_DIMS, DELTA_DIMS
 from latent_pretraining.core import loop
 from latent_pretraining.core.batches import BatchStream
-from latent_pretraining.core.checkpointing import Checkpointer
-from latent_pretraining.core.logger import MetricsLogger
-from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
-from latent_pretraining.core.state import TrainState, compile_step, create_train_state, global_batch
+from latent_pretraining.core.state import compile_step, create_train_state, global_batch
+from latent_pretraining.core.step import make_train_step
 
 
 class ActionDecoder(nnx.Module):
@@ -110,14 +109,15 @@ def load_rows(path: str, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray
     }
 
 
-def _loss(model: ActionDecoder, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def decoder_loss(model: ActionDecoder, batch: dict[str, jax.Array], rng: jax.Array):
+    """MSE of the standardised deltas plus the gripper's binary cross entropy."""
     raw = model(batch["codes"], batch["state"] if batch["state"].shape[-1] else None)
     target = (batch["actions"][:, :-1] - model.mean[...]) / model.std[...]
     mse = jnp.mean((raw[:, :-1] - target) ** 2)
     closed = (batch["actions"][:, -1] >= 0.5).astype(jnp.float32)
     bce = jnp.mean(optax.sigmoid_binary_cross_entropy(raw[:, -1], closed))
     accuracy = jnp.mean((raw[:, -1] >= 0) == (closed > 0))
-    return mse + bce, {"mse_standardised": mse, "gripper_bce": bce, "gripper_accuracy": accuracy}
+    return mse + bce, {"mse_standardised": mse, "gripper_bce": bce, "gripper_accuracy": accuracy}, None
 
 
 def evaluate(model: ActionDecoder, data: dict[str, np.ndarray]) -> dict[str, float]:
@@ -144,10 +144,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         model.mean[...], model.std[...] = jnp.asarray(mean), jnp.asarray(std)
         return model
 
-    optimizer = optax.adamw(
-        warmup_schedule("cosine", config.learning_rate, 50, config.total_steps),
-        weight_decay=config.weight_decay,
-    )
+    optimizer, schedule = build_optimizer(config)
     graphdef, state, shardings = create_train_state(factory, optimizer, mesh, config.seed)
     per_host = config.batch_size // jax.process_count()
     stream = BatchStream(
@@ -156,26 +153,14 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         lambda rows, epoch, index: {k: v[rows] for k, v in train_data.items()},
         seed=config.seed,
     )
-    checkpointer = Checkpointer(run_dir, keep=2, save_every=config.save_every, async_save=False)
+    checkpointer = loop.checkpointer_for(config, run_dir)
     state, start = loop.resume(checkpointer, state, stream)
-
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        def loss_fn(params):
-            return _loss(nnx.merge(graphdef, params, state["rest"]), batch)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, {
-            "loss": loss,
-            **metrics,
-        }
-
+    step = make_train_step(graphdef, decoder_loss, optimizer, schedule)
     compiled = compile_step(step, state, global_batch(stream.peek(), mesh), shardings, mesh)
     eval_fn = None
     if eval_data is not None:
         eval_fn = lambda state, _: evaluate(nnx.merge(graphdef, state["params"], state["rest"]), eval_data)  # noqa: E731
-    logger = MetricsLogger(run_dir)
+    logger = loop.logger_for(config, run_dir)
     settings = loop.LoopSettings(
         total_steps=config.total_steps,
         log_every=config.log_every,

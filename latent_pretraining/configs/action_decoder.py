@@ -2,9 +2,20 @@
 
 import ml_collections
 
+from latent_pretraining.core.run_config import run_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    c = run_config(
+        run_dir="runs/action_decoder",
+        batch_size=256,
+        total_steps=2000,
+        eval_every=500,
+        optimizer=dict(
+            learning_rate=1e-3, warmup_steps=50, b2=0.999, weight_decay=1e-4, decay="all", clip_gradient=0.0
+        ),
+    )
+    c.async_checkpoints = False
     c.model = ml_collections.ConfigDict()
     c.model.num_codes = 4  # LAPA: 4 latent codes ...
     c.model.codebook_size = 8  # ... from a codebook of 8
@@ -15,14 +26,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # JSONL rows with "delta" and "raw_actions" (and "state")
     c.data.eval = ""
-    c.batch_size = 256
-    c.total_steps = 2000
-    c.learning_rate = 1e-3
-    c.weight_decay = 1e-4
-    c.log_every = 50
-    c.eval_every = 500
-    c.save_every = 1000
-    c.run_dir = "runs/action_decoder"
-    c.mesh = "-1,1,1,1"
-    c.seed = 0
     return c

@@ -8,11 +8,19 @@ e.g. ``--config.data.train=/data/train.jsonl --config.optimizer.learning_rate=1e
 import ml_collections
 
 from latent_pretraining.config import get_model_config
+from latent_pretraining.core.run_config import run_config
 from latent_pretraining.core.sharding import DEFAULT_RULES
 
 
 def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    c = run_config(
+        run_dir="runs/lapa",
+        mesh="1,-1,1,1",
+        batch_size=128,  # rows per micro-batch
+        total_steps=20000,
+        log_every=10,
+        optimizer=dict(learning_rate=2e-5),
+    )
     c.preset = preset
     debug = preset.startswith("debug")
     c.model = get_model_config("debug" if debug else "7b")
@@ -37,34 +45,12 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()  # per-modality weights of the next-token losses
     c.loss.text, c.loss.vision, c.loss.latent, c.loss.action = 0.01, 0.0, 0.99, 0.0
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.learning_rate = 2e-5
-    c.optimizer.end_learning_rate = 0.0
-    c.optimizer.schedule = "cosine"  # cosine | constant
-    c.optimizer.warmup_steps = 100
-    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.95
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.clip_gradient = 1.0
-    c.optimizer.accumulate_steps = 1  # gradient accumulation: an update every N micro-batches
-    c.optimizer.frozen = ""  # comma-separated regexes over parameter paths, e.g. "layers/.*,text_.*"
-
     c.init = ""  # "" (from scratch) | "params::<LAPA/LWM file>" | "<run_dir>" of this trainer
     # vocabularies (latent, action; comma-separated) whose table and head a params:: init may lack,
     # then initialised; any other missing tensor is an error
     c.init_new_vocabs = "latent,action"  # LAPA's latent pretraining starts from LWM, which has neither
-    c.batch_size = 128  # global rows per micro-batch
-    c.total_steps = 20000
-    c.log_every = 10
-    c.eval_every = 1000
     c.eval_batches = 0  # 0: every held-out row; N: at most N batches
-    c.save_every = 1000
-    c.keep_checkpoints = 2
-    c.async_checkpoints = True
     c.export_params = ""  # write final params in LAPA's streaming format here (bf16)
-    c.run_dir = "runs/lapa"
-    c.mesh = "1,-1,1,1"
-    c.seed = 0
-    c.wandb_project = ""
 
     if not debug:  # LAPA's jobs: constant 2e-5, no warmup, 384-token rows, remat of whole blocks
         c.optimizer.schedule, c.optimizer.warmup_steps = "constant", 0

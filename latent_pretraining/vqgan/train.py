@@ -20,13 +20,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 from PIL import Image
 
 from latent_pretraining.core import loop
 from latent_pretraining.core.batches import BatchStream
-from latent_pretraining.core.schedules import warmup_schedule
+from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import (
     TrainState,
@@ -35,6 +34,7 @@ from latent_pretraining.core.state import (
     create_train_state,
     global_batch,
 )
+from latent_pretraining.core.step import make_train_step
 from latent_pretraining.episodes import EpisodeFrames, check_source, open_episodes
 from latent_pretraining.vqgan.images import augment, lapa_resize, to_model_range
 from latent_pretraining.vqgan.lwm_checkpoint import save_lwm_vqgan
@@ -54,65 +54,56 @@ def code_statistics(codes: jax.Array, num_codes: int) -> tuple[jax.Array, jax.Ar
     return freq, jnp.mean(counts > 0), jnp.exp(entropy)
 
 
-def make_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict
-):
+def loss_for(config: ml_collections.ConfigDict):
+    """VQ-VAE loss (reconstruction + codebook + commitment, straight-through) and batch code stats."""
     num_codes = config.model.num_embeddings
 
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    def loss_fn(model: VQGAN, batch: dict[str, jax.Array], rng: jax.Array):
         images = batch["images"]
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state["rest"])
-            z = model.pre_quant(images)
-            codes = model.nearest_codes(jax.lax.stop_gradient(z))
-            e = jnp.take(model.codebook[...], codes, axis=0)
-            z_q = z + jax.lax.stop_gradient(e - z)  # straight-through
-            recon = model.decoder(model.post_quant_conv(z_q)).astype(jnp.float32)
-            rec = jnp.mean((recon - images) ** 2)
-            codebook = jnp.mean((jax.lax.stop_gradient(z) - e) ** 2)
-            commit = jnp.mean((z - jax.lax.stop_gradient(e)) ** 2)
-            loss = rec + codebook + config.commitment_cost * commit
-            return loss, (rec, codebook, commit, codes, z)
-
-        (loss, (rec, codebook, commit, codes, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
-        )
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-
-        freq, used, perplexity = code_statistics(codes, num_codes)
-        usage = config.usage_decay * state["rest"]["code_usage"][...] + (1 - config.usage_decay) * freq
-        dead = usage < config.restart_threshold / num_codes
-        step_no = state["step"] + 1
-        rng, pick = jax.random.split(state["rng"])
-        if config.restart_every:
-            restart = dead & (step_no % config.restart_every == 0)
-            flat = z.reshape(-1, z.shape[-1])
-            candidates = flat[jax.random.randint(pick, (num_codes,), 0, flat.shape[0])]
-            params["codebook"][...] = jnp.where(
-                restart[:, None], candidates.astype(jnp.float32), params["codebook"][...]
-            )
-            usage = jnp.where(restart, 1.0 / num_codes, usage)
-        else:
-            restart = jnp.zeros_like(dead)
-        rest = jax.tree.map(lambda x: x, state["rest"])
-        rest["code_usage"][...] = usage
-        new_state = {"params": params, "rest": rest, "opt_state": opt_state, "step": step_no, "rng": rng}
-        metrics = {
-            "loss": loss,
+        z = model.pre_quant(images)
+        codes = model.nearest_codes(jax.lax.stop_gradient(z))
+        e = jnp.take(model.codebook[...], codes, axis=0)
+        z_q = z + jax.lax.stop_gradient(e - z)  # straight-through
+        recon = model.decoder(model.post_quant_conv(z_q)).astype(jnp.float32)
+        rec = jnp.mean((recon - images) ** 2)
+        codebook = jnp.mean((jax.lax.stop_gradient(z) - e) ** 2)
+        commit = jnp.mean((z - jax.lax.stop_gradient(e)) ** 2)
+        _, used, perplexity = code_statistics(codes, num_codes)
+        scores = {
             "rec_mse": rec,
             "codebook_loss": codebook,
             "commit_loss": commit,
             "psnr": psnr(rec),
             "batch_code_usage": used,
             "batch_perplexity": perplexity,
-            "dead_codes": jnp.sum(dead),
-            "restarts": jnp.sum(restart),
         }
-        return new_state, metrics
+        return rec + codebook + config.commitment_cost * commit, scores, (codes, z)
 
-    return step
+    return loss_fn
+
+
+def restarts_for(config: ml_collections.ConfigDict):
+    """Decayed code usage, and every ``restart_every`` steps dead codes moved onto batch vectors."""
+    num_codes = config.model.num_embeddings
+
+    def restart_dead_codes(model: VQGAN, carry, step: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+        codes, z = carry
+        freq, _, _ = code_statistics(codes, num_codes)
+        usage = config.usage_decay * model.code_usage[...] + (1 - config.usage_decay) * freq
+        dead = usage < config.restart_threshold / num_codes
+        restart = jnp.zeros_like(dead)
+        if config.restart_every:
+            restart = dead & (step % config.restart_every == 0)
+            flat = z.reshape(-1, z.shape[-1])
+            candidates = flat[jax.random.randint(rng, (num_codes,), 0, flat.shape[0])]
+            model.codebook[...] = jnp.where(
+                restart[:, None], candidates.astype(jnp.float32), model.codebook[...]
+            )
+            usage = jnp.where(restart, 1.0 / num_codes, usage)
+        model.code_usage[...] = usage
+        return {"dead_codes": jnp.sum(dead), "restarts": jnp.sum(restart)}
+
+    return restart_dead_codes
 
 
 def image_batches(source, rows_total: int, config: ml_collections.ConfigDict, size: int) -> BatchStream:
@@ -195,8 +186,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             return source[int(train_rows[i])]
 
     data = image_batches(TrainRows(), len(train_rows), config, size)
-    schedule = warmup_schedule("cosine", config.learning_rate, config.warmup_steps, config.total_steps)
-    optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
+    optimizer, schedule = build_optimizer(config)
     graphdef, state, shardings = create_train_state(
         lambda rngs: VQGAN(config.model, rngs=rngs), optimizer, mesh, config.seed
     )
@@ -204,7 +194,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     state, start = loop.resume(checkpointer, state, data)
     logger = loop.logger_for(config, run_dir)
     example = global_batch(data.peek(), mesh)
-    step_fn = compile_step(make_step(graphdef, optimizer, config), state, example, shardings, mesh)
+    step = make_train_step(graphdef, loss_for(config), optimizer, schedule, restarts_for(config))
+    step_fn = compile_step(step, state, example, shardings, mesh)
     settings = loop.LoopSettings(
         total_steps=config.total_steps,
         log_every=config.log_every,
