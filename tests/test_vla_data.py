@@ -159,7 +159,8 @@ def test_rows_without_vision_tokens_are_encoded_by_the_vqgan(sp_model, tmp_path)
     builder = SequenceBuilder(TextTokenizer(sp_model), SequenceConfig(tokens_per_frame=64))
     encoder = ImageTokens(load_row_encoder(tmp_path / "vqgan", None, image_root=tmp_path))
     data = load_examples([tmp_path / "rows.jsonl"], builder, 200, images=encoder)
-    from latent_pretraining.vqgan.images import load_image, preprocess
+    from latent_pretraining.episodes import load_image
+    from latent_pretraining.vqgan.images import preprocess
 
     _, codes = model.encode(preprocess(load_image(tmp_path / "1.png"), 32)[None])
     assert data.rows[1]["vision"] == np.asarray(codes).reshape(-1).tolist()

@@ -11,8 +11,9 @@ from flax import nnx
 from PIL import Image
 
 from latent_pretraining.core.partial import PartialMismatchError
+from latent_pretraining.episodes import load_image
 from latent_pretraining.vqgan.encode import EncodeError, encode_jsonl
-from latent_pretraining.vqgan.images import load_image, preprocess
+from latent_pretraining.vqgan.images import preprocess
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
 
 

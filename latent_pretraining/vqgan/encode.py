@@ -33,7 +33,8 @@ from latent_pretraining.core.cli import exit_on, parse_shard
 from latent_pretraining.core.files import check_output_paths, resolve_under
 from latent_pretraining.core.partial import PartialJsonl, fingerprint
 from latent_pretraining.core.partial import paths as partial_paths
-from latent_pretraining.vqgan.images import PP_MODES, check_mode, load_image, preprocess
+from latent_pretraining.episodes import load_image
+from latent_pretraining.vqgan.images import PP_MODES, check_mode, preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
 

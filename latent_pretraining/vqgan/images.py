@@ -18,8 +18,6 @@ import math
 
 import numpy as np
 
-from latent_pretraining.episodes.base import load_image as load_image  # the file reader, re-exported
-
 CROP_AREA = 0.9  # LAPA's RandomResizedCrop scale
 
 
