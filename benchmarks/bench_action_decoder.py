@@ -25,10 +25,11 @@ from lam.data import PairBatches, frame_pairs, split_episodes
 from lam.label import CodeLabeler
 from latent_pretraining.actions.bins import ActionBins
 from latent_pretraining.actions.decoder import train as train_decoder
+from latent_pretraining.actions.spec import ACTION_NAMES, DELTA_DIMS
 from latent_pretraining.configs.action_decoder import get_config
 from latent_pretraining.episodes import open_episodes
 
-DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw")
+DIMS = ACTION_NAMES[:DELTA_DIMS]
 
 
 def labelled_steps(

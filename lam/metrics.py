@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from latent_pretraining.actions.spec import ACTION_NAMES  # names probe dims by default
+
 MSE_FLOOR = 1e-10
-# LAPA's 7-D end-effector action layout (DESIGN.md); used to name probe dims by default.
-ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 
 
 # ----------------------------------------------------------------------------------------------------

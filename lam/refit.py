@@ -104,10 +104,16 @@ def distortion(vectors: np.ndarray, centroids: np.ndarray) -> float:
 
 
 def refit(
-    run: Path, out: Path, pairs: int = FIT_PAIRS, restarts: int = RESTARTS, iterations: int = ITERATIONS
+    run: Path,
+    out: Path,
+    pairs: int = FIT_PAIRS,
+    restarts: int = RESTARTS,
+    iterations: int = ITERATIONS,
+    data_path: str = "",
 ) -> list[dict]:
     """Refits the run's export, scores both codebooks (a row each: ``codebook``, ``fit_distortion``
-    and :func:`lam.train.quality_summary`) and writes the refit export to ``out``."""
+    and :func:`lam.train.quality_summary`) and writes the refit export to ``out``. The run's own
+    data is read again, from ``data_path`` when given (it moved, or the run's config has none)."""
     if pairs < 1 or restarts < 0 or iterations < 1:
         raise ValueError(
             f"need pairs >= 1, restarts >= 0, iterations >= 1; got {pairs}, {restarts}, {iterations}"
@@ -119,6 +125,7 @@ def refit(
     if not hasattr(model.quantizer, "codebook"):
         raise ValueError(f"{run}: its quantizer ({model.cfg.quantizer}) has no codebook to refit")
     config.model = model.cfg
+    config.data.path = data_path or config.data.path
     episodes, train_pairs, holdout_pairs = load_pairs(config)
     holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
     rng = np.random.default_rng(config.seed)
@@ -151,10 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--iterations", type=int, default=ITERATIONS, help="Lloyd iterations per start")
     p.add_argument("--out", default="", help="the refit export (default: <run>/export_refit)")
+    p.add_argument("--data_path", default="", help="the run's data, if not at its config's data.path")
     args = p.parse_args(argv)
     run = Path(args.run)
     out = Path(args.out) if args.out else run / "export_refit"
-    for row in refit(run, out, args.pairs, args.restarts, args.iterations):
+    for row in refit(run, out, args.pairs, args.restarts, args.iterations, args.data_path):
         print(json.dumps(row))
     print(f"exported {out}", flush=True)
 

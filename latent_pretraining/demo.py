@@ -67,7 +67,10 @@ def train(
     """Latent-token cross entropy at the positions that predict the 4 codes, with the trainers'
     optimizer and train step; returns the trained model and the loss of every step."""
     run = run_config(
-        run_dir="", batch_size=batch, total_steps=steps, optimizer=dict(learning_rate=3e-3, warmup_steps=20)
+        run_dir="",
+        batch_size=batch,
+        total_steps=steps,
+        optimizer=dict(learning_rate=3e-3, warmup_steps=20, clip_gradient=0.0),
     )
     optimizer, schedule = build_optimizer(run)
     graphdef, state, shardings = create_train_state(lambda rngs: VLAModel(cfg, rngs=rngs), optimizer, mesh)

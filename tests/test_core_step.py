@@ -69,6 +69,32 @@ def test_step_reports_loss_norms_and_learning_rate_and_runs_upkeep():
     assert not np.array_equal(np.asarray(state["rng"]), np.asarray(jax.random.PRNGKey(0)))
 
 
+def _linear_loss(model, batch, rng):
+    return jnp.sum(model.w[...]) + jnp.sum(model.b[...]), {}, None
+
+
+def test_reported_learning_rate_is_the_one_the_update_used():
+    """Under warmup each step reports the rate its update applied (Adam on a constant gradient
+    moves every weight by exactly that rate)."""
+    optimizer, schedule = build_optimizer(_config(learning_rate=0.4, warmup_steps=4, clip_gradient=0.0))
+    graphdef, params, rest = _state(Tiny(nnx.Rngs(0)))
+    state = {"params": params, "rest": rest, "opt_state": optimizer.init(params)}
+    state.update(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0))
+    step = jax.jit(make_train_step(graphdef, _linear_loss, optimizer, schedule))
+    for expected in (0.0, 0.1, 0.2, 0.3):
+        before = float(state["params"]["w"][0, 0])
+        state, metrics = step(state, {})
+        moved = before - float(state["params"]["w"][0, 0])
+        assert float(metrics["learning_rate"]) == pytest.approx(expected) == pytest.approx(moved, abs=1e-6)
+
+
+def test_upkeep_is_refused_with_gradient_accumulation():
+    optimizer, schedule = build_optimizer(_config(accumulate_steps=2))
+    graphdef, _, _ = _state(Tiny(nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="accumulate_steps"):
+        make_train_step(graphdef, _linear_loss, optimizer, schedule, lambda *args: {})
+
+
 def test_weight_decay_on_matrices_only_or_on_all():
     _, params, _ = _state(Tiny(nnx.Rngs(0)))
     zero = jax.tree.map(jnp.zeros_like, params)
@@ -82,7 +108,7 @@ def test_weight_decay_on_matrices_only_or_on_all():
 def test_learning_rate_is_reported_per_update_under_accumulation():
     tx, schedule = build_optimizer(_config(learning_rate=1.0, warmup_steps=4, accumulate_steps=2))
     assert isinstance(tx, optax.MultiSteps)
-    assert [float(schedule(s)) for s in (1, 2, 3, 4)] == [0.0, 0.25, 0.25, 0.5]
+    assert [float(schedule(s)) for s in (0, 1, 2, 3, 4)] == [0.0, 0.0, 0.25, 0.25, 0.5]
 
 
 def test_optimizer_block_refuses_unknown_fields_and_choices():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -311,8 +312,12 @@ def test_training_reports_quality_and_exports(trained):
 
 def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_path, capsys):
     config, _ = trained
-    run, out = Path(config.run_dir), tmp_path / "export_refit"
-    refit_main(["--run", str(run), "--pairs", "128", "--out", str(out)])
+    run, out = tmp_path / "run", tmp_path / "export_refit"
+    shutil.copytree(config.run_dir, run)  # a run whose data moved: refit is told where it went
+    recorded = json.loads((run / "config.json").read_text())
+    recorded["data"]["path"] = str(tmp_path / "moved_away")
+    (run / "config.json").write_text(json.dumps(recorded))
+    refit_main(["--run", str(run), "--pairs", "128", "--out", str(out), "--data_path", config.data.path])
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [r["codebook"] for r in rows] == ["codebook", "refit"]
     assert rows[1]["fit_distortion"] < rows[0]["fit_distortion"]

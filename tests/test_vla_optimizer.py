@@ -58,7 +58,8 @@ def test_weight_decay_spares_norms():
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)  # zero gradients: only decay moves weights
     flat = dict(nnx.to_flat_state(updates))
-    assert np.abs(np.asarray(flat[("final_norm",)].get_value())).max() == 0
+    for norm in [("final_norm",), ("layers", "attn_norm"), ("layers", "mlp_norm")]:  # stacked [L, D] too
+        assert np.abs(np.asarray(flat[norm].get_value())).max() == 0, norm
     assert np.abs(np.asarray(flat[("layers", "wq")].get_value())).max() > 0
 
 

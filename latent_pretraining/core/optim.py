@@ -23,7 +23,7 @@ def optimizer_config(**defaults: object) -> ml_collections.ConfigDict:
     o.warmup_steps = 100
     o.b1, o.b2 = 0.9, 0.95
     o.weight_decay = 0.0
-    o.decay = "matrices"  # matrices: no decay on vectors (norms, biases); all: every parameter
+    o.decay = "matrices"  # matrices: none on norms, biases and vectors (stacked too); all: every one
     o.clip_gradient = 1.0  # global-norm clipping; 0 disables
     o.accumulate_steps = 1  # gradient accumulation: an update every N micro-batches
     o.frozen = ""  # comma-separated regexes over parameter paths, e.g. "layers/.*,text_.*"
@@ -52,10 +52,18 @@ def _frozen_labels(patterns: list[re.Pattern]):
     return labels
 
 
+def _decayed(path: tuple, param: jax.Array) -> bool:
+    """Weight decay goes to weight matrices only: not to norms and biases, even when scanned
+    layers stack them into [layers, dim] arrays."""
+    name = jax.tree_util.keystr(path).lower()
+    return param.ndim >= 2 and "norm" not in name and "bias" not in name
+
+
 def build_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW after global-norm clipping, with warmup then cosine/constant over ``config.total_steps``,
     optional frozen parameter groups and gradient accumulation. Returns it and the learning rate
-    as a function of the train step (with accumulation, of the update that step belongs to)."""
+    as a function of the number of train steps done before (optax's count: with accumulation,
+    of the update that step belongs to)."""
     o = config.optimizer
     if o.decay not in DECAY_CHOICES:
         raise ValueError(f"optimizer.decay is {o.decay!r}; choose {' or '.join(DECAY_CHOICES)}")
@@ -65,7 +73,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTr
     schedule = warmup_schedule(o.schedule, o.learning_rate, o.warmup_steps, updates, o.end_learning_rate)
     decay_mask = None
     if o.decay == "matrices":
-        decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+        decay_mask = lambda params: jax.tree_util.tree_map_with_path(_decayed, params)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(o.clip_gradient) if o.clip_gradient > 0 else optax.identity(),
         optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),

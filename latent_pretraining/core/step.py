@@ -26,8 +26,14 @@ def make_train_step(
     after_update: AfterUpdate | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
     """``step(state, batch) -> (state, metrics)``; metrics hold the loss function's, the upkeep's,
-    ``loss``, ``grad_norm``, ``param_norm`` and the ``learning_rate`` of this update
-    (``schedule`` maps the train step to it, as ``build_optimizer`` returns it)."""
+    ``loss``, ``grad_norm``, ``param_norm`` and the ``learning_rate`` this step's update used
+    (``schedule`` maps the steps done before it to that rate, as ``build_optimizer`` returns it).
+    The upkeep runs after every update, so it cannot be combined with gradient accumulation."""
+    if after_update is not None and isinstance(optimizer, optax.MultiSteps):
+        raise ValueError(
+            "optimizer.accumulate_steps > 1 with a trainer whose codebook upkeep runs after every "
+            "update: set optimizer.accumulate_steps=1 and raise batch_size instead"
+        )
 
     def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
         rng, loss_key, upkeep_key = jax.random.split(state["rng"], 3)
@@ -46,7 +52,7 @@ def make_train_step(
             model = nnx.merge(graphdef, params, rest)
             metrics.update(after_update(model, carry, step_no, upkeep_key))
             _, params, rest = nnx.split(model, nnx.Param, ...)
-        metrics.update(param_norm=optax.tree.norm(params), learning_rate=schedule(step_no))
+        metrics.update(param_norm=optax.tree.norm(params), learning_rate=schedule(state["step"]))
         new_state = {"params": params, "rest": rest, "opt_state": opt_state, "step": step_no, "rng": rng}
         return new_state, metrics
 
