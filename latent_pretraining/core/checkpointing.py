@@ -216,7 +216,8 @@ class Checkpointer:
             each = "; ".join(f"step {s} ({cause})" for s, cause in causes.items())
             raise CheckpointError(
                 f"no checkpoint under {self.directory} restores onto this run's state: {each}. "
-                "If they are damaged, move them away to start the run again."
+                "They are damaged, or were written for another state (a different model or optimizer: "
+                "another config or version of the trainer); move them away to start the run again."
             )
         return None
 
