@@ -30,10 +30,10 @@ from latent_pretraining.actions.bins import GRIPPER_CONVENTIONS, ActionBins
 from latent_pretraining.actions.spec import ACTION_DIMS, ACTION_NAMES
 from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import check_output_paths, write_together
-from latent_pretraining.prompts import wrap_question
+from latent_pretraining.prompts import ACTION_FIELDS, wrap_question
 
 VERSION = 1
-FIELDS = "[instruction],[vision],action"
+FIELDS = ACTION_FIELDS
 IMAGE_TAG = "<image>\n"
 
 

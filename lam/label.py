@@ -51,9 +51,9 @@ from latent_pretraining.core.files import check_output_paths
 from latent_pretraining.core.partial import PartialJsonl, fingerprint
 from latent_pretraining.core.partial import paths as partial_paths
 from latent_pretraining.episodes import SOURCE_KINDS, Episode, open_episodes
-from latent_pretraining.prompts import lapa_instruction
+from latent_pretraining.prompts import LATENT_FIELDS, lapa_instruction
 
-FIELDS = "[instruction],[vision],delta"
+FIELDS = LATENT_FIELDS
 DEFAULT_OFFSET, DEFAULT_IMAGE_KEY = 1, "image"  # for a LAM whose data settings are not recorded
 
 

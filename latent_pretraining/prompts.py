@@ -2,6 +2,9 @@
 
 LAPA_QUESTION = "What action should the robot take to `{task}`"  # backticks included, as LAPA writes it
 SYSTEM_PREFIX, SYSTEM_SUFFIX = "<s> You are a helpful assistant. USER: ", " ASSISTANT:"
+# the ``fields`` of LAPA's rows: latent pretraining (``lam.label``), finetuning (``data.finetune_preprocess``)
+LATENT_FIELDS = "[instruction],[vision],delta"
+ACTION_FIELDS = "[instruction],[vision],action"
 
 
 def wrap_question(question: str) -> str:

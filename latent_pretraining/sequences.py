@@ -26,6 +26,7 @@ from latent_pretraining.model import Modality
 
 END_OF_FRAME = 8192
 END_OF_VISION = 8193
+MARKERS = ("<vision>", "</vision>", "<delta>", "</delta>", "<action>", "</action>")  # each its own call
 
 
 class TextTokenizer:
@@ -76,10 +77,7 @@ class SequenceBuilder:
 
     def __init__(self, tokenizer: TextTokenizer, config: SequenceConfig = SequenceConfig()):
         self.tokenizer, self.config = tokenizer, config
-        self.markers = {
-            name: tokenizer.encode(name)
-            for name in ("<vision>", "</vision>", "<delta>", "</delta>", "<action>", "</action>")
-        }
+        self.markers = {name: tokenizer.encode(name) for name in MARKERS}
 
     def __call__(self, row: dict[str, Any]) -> Example:
         if not isinstance(row, dict):

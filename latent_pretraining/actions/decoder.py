@@ -17,7 +17,9 @@ classifier (closed when its probability is >= 0.5).
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +70,34 @@ class ActionDecoder(nnx.Module):
         continuous = raw[:, :-1] * self.std[...] + self.mean[...]
         gripper = (raw[:, -1:] >= 0).astype(continuous.dtype)
         return jnp.concatenate([continuous, gripper], axis=-1)
+
+
+def save_decoder(model: ActionDecoder, cfg: ml_collections.ConfigDict, directory: str | os.PathLike) -> None:
+    """Writes ``config.json`` (the model config) and ``params.npz`` (every variable by its path)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(cfg.to_json(indent=2))
+    flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    np.savez(directory / "params.npz", **flat)
+
+
+def load_decoder(directory: str | os.PathLike) -> ActionDecoder:
+    """The decoder ``save_decoder`` wrote; a missing or misshapen variable is an error naming the file."""
+    directory = Path(directory)
+    cfg = ml_collections.ConfigDict(json.loads((directory / "config.json").read_text()))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: ActionDecoder(cfg, rngs=nnx.Rngs(0))))
+    values = []
+    with np.load(directory / "params.npz") as stored:
+        for path, var in nnx.to_flat_state(state):
+            key = "/".join(map(str, path))
+            if key not in stored or stored[key].shape != var.get_value().shape:
+                found = stored[key].shape if key in stored else "nothing"
+                raise ValueError(
+                    f"{directory / 'params.npz'}: {key} should be {var.get_value().shape}, found {found} "
+                    f"(config: {directory / 'config.json'})"
+                )
+            values.append((path, var.replace(jnp.asarray(stored[key], var.get_value().dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(values))
 
 
 def load_rows(path: str, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
-"""Output files that never clobber an input and appear all together or not at all."""
+"""Output files (or directories) that never clobber an input and appear all together or not at all."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def check_output_paths(inputs: Mapping[str, Path | None], outputs: Mapping[str, 
 
 def write_together(files: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
     """Writes every ``(path, writer)`` to a temporary file, then moves them all into place.
+    A writer may make a directory at the path it is given: it is moved and replaced whole.
 
     A failure at any point (a writer, a rename) leaves every previous output as it was and
     removes the temporary files: the outputs are replaced all together or not at all."""
@@ -56,24 +58,32 @@ def write_together(files: Sequence[tuple[Path, Callable[[Path], None]]]) -> None
             placed.append(i)
     except BaseException:
         for i in placed:
-            Path(files[i][0]).unlink(missing_ok=True)
+            remove(Path(files[i][0]))
         for i in moved:
             os.replace(backups[i], files[i][0])
         for tmp in temps:
-            tmp.unlink(missing_ok=True)
+            remove(tmp)
         raise
     for i in moved:
-        backups[i].unlink(missing_ok=True)
+        remove(backups[i])
+
+
+def remove(path: Path) -> None:
+    """Deletes a file or a whole directory if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _recover(path: Path) -> None:
     """Undoes what a killed ``write_together`` left beside ``path``: its temporary copies go,
     and a previous output it had moved aside comes back if ``path`` is missing."""
     for tmp in stale_siblings(path, "tmp"):
-        tmp.unlink(missing_ok=True)
+        remove(tmp)
     for old in stale_siblings(path, "old"):
         if path.exists():
-            old.unlink(missing_ok=True)
+            remove(old)
         else:
             os.replace(old, path)
 
