@@ -26,6 +26,7 @@ from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.episodes import load_image
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records, load_lapa_params
 from latent_pretraining.model import Modality, VLAModel
+from latent_pretraining.policy.__main__ import main as policy_main
 from latent_pretraining.policy.bundle import (
     LAPA_TEMPLATE,
     BundleError,
@@ -401,7 +402,7 @@ def test_a_latent_bundle_acts_through_its_decoder(written, tmp_path, sp_model, o
         write_bundle(tmp_path / "refused", decoder=tmp_path / "wide", **settings)
 
 
-def test_a_bundle_from_a_training_run(tmp_path, written, sp_model, one_device):
+def test_a_bundle_from_a_training_run(tmp_path, written, sp_model, one_device, capsys):
     bundle, model = written
     run = tmp_path / "run"
     run.mkdir()
@@ -434,3 +435,11 @@ def test_a_bundle_from_a_training_run(tmp_path, written, sp_model, one_device):
     assert made.predicts == "action" and made.bins.num_bins == list(BINS_PER_DIM)
     assert made.statistics["gripper"]["threshold"] == 0.5
     assert made.spec["sequence"] == bundle.spec["sequence"] and made.model.to_dict() == bundle.model.to_dict()
+
+    # the command line writes the same bundle, and a directory that is no run is a one-line error
+    policy_main(["export", "--run", str(run), "--out", str(tmp_path / "cli")])
+    assert "predicts action; 64px images (center_crop), 64 tokens per frame" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "params").read_bytes() == made.path("params").read_bytes()
+    assert read_bundle(tmp_path / "cli").spec["provenance"] == made.spec["provenance"]
+    with pytest.raises(SystemExit, match=r"error: .*nothing/config.json: missing"):
+        policy_main(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "cli2")])
