@@ -308,13 +308,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     step_fn = compile_step(step, state, example, shardings, mesh)
     holdout, probe = evaluation_pairs(config, train_pairs, holdout_pairs)
     evaluator = Evaluator(graphdef, episodes, holdout, probe, mesh, config, run_dir)
-    settings = loop.LoopSettings(
-        total_steps=config.total_steps,
-        log_every=config.log_every,
-        eval_every=config.eval_every,
-        desc="lam",
-        items_name="pairs",
-    )
+    settings = loop.settings_for(config, "lam", "pairs")
     state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, evaluator, start)
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, state["params"], state["rest"])

@@ -277,14 +277,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         shardings,
         mesh,
     )
-    settings = loop.LoopSettings(
-        total_steps=config.total_steps,
-        log_every=config.log_every,
-        eval_every=config.eval_every,
-        desc="lapa",
-        items_per_example=config.data.max_length,
-        items_name="tokens",
-    )
+    settings = loop.settings_for(config, "lapa", "tokens", config.data.max_length)
     state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, eval_fn, start)
     if config.export_params:
         save_lapa_params(nnx.merge(graphdef, state["params"], state["rest"]), config.export_params, "bf16")

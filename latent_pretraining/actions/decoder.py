@@ -191,13 +191,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if eval_data is not None:
         eval_fn = lambda state, _: evaluate(nnx.merge(graphdef, state["params"], state["rest"]), eval_data)  # noqa: E731
     logger = loop.logger_for(config, run_dir)
-    settings = loop.LoopSettings(
-        total_steps=config.total_steps,
-        log_every=config.log_every,
-        eval_every=config.eval_every,
-        desc="action decoder",
-        items_name="examples",
-    )
+    settings = loop.settings_for(config, "action decoder", "examples")
     state, last = loop.run(settings, compiled, state, stream, mesh, checkpointer, logger, eval_fn, start)
     return last
 

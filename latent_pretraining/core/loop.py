@@ -165,6 +165,18 @@ def prepare_run(config: Any) -> Path:
     return run_dir
 
 
+def settings_for(config: Any, desc: str, items_name: str, items_per_example: int = 1) -> LoopSettings:
+    """The loop's settings from the run config's ``total_steps``, ``log_every`` and ``eval_every``."""
+    return LoopSettings(
+        total_steps=config.total_steps,
+        log_every=config.log_every,
+        eval_every=config.eval_every,
+        desc=desc,
+        items_per_example=items_per_example,
+        items_name=items_name,
+    )
+
+
 def checkpointer_for(config: Any, run_dir: Path) -> Checkpointer:
     """The run's checkpointer from ``keep_checkpoints``, ``save_every`` and ``async_checkpoints``."""
     return Checkpointer(

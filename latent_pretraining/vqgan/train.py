@@ -196,13 +196,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     example = global_batch(data.peek(), mesh)
     step = make_train_step(graphdef, loss_for(config), optimizer, schedule, restarts_for(config))
     step_fn = compile_step(step, state, example, shardings, mesh)
-    settings = loop.LoopSettings(
-        total_steps=config.total_steps,
-        log_every=config.log_every,
-        eval_every=config.eval_every,
-        desc="vqgan",
-        items_name="images",
-    )
+    settings = loop.settings_for(config, "vqgan", "images")
     state, last = loop.run(
         settings,
         step_fn,
