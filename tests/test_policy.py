@@ -11,9 +11,9 @@ import jax
 import msgpack
 import numpy as np
 import pytest
-from conftest import LAPA_VLA_FIXTURE, LWM_VQGAN_FIXTURE
+from bundles import BINS_PER_DIM, VQGAN_FILE, model_config, vqgan_config, write_action_bundle, write_bins
+from conftest import LAPA_VLA_FIXTURE
 from flax import nnx
-from helpers import debug_config
 from PIL import Image
 
 from latent_pretraining.actions.bins import ActionBins
@@ -25,7 +25,7 @@ from latent_pretraining.core.checkpointing import Checkpointer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.episodes import load_image
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records, load_lapa_params
-from latent_pretraining.model import Modality, VLAModel
+from latent_pretraining.model import Modality
 from latent_pretraining.policy.__main__ import main as policy_main
 from latent_pretraining.policy.bundle import (
     LAPA_TEMPLATE,
@@ -41,33 +41,8 @@ from latent_pretraining.sampler import Sampler
 from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTokenizer
 from latent_pretraining.vla_data import ImageTokens, load_examples
 from latent_pretraining.vqgan.encode import load_row_encoder
-from latent_pretraining.vqgan.model import get_vqgan_config
 
-VQGAN_FILE = LWM_VQGAN_FIXTURE / "vqgan"  # 64x64 images -> 8x8 codes of 64
-BINS_PER_DIM = (4, 7, 12, 32, 5, 9, 2)  # ragged, so that the constraint differs per dimension
 TASK = "push the cube"
-
-
-def _vqgan_config():
-    recorded = json.loads((LWM_VQGAN_FIXTURE / "config.json").read_text())["config"]
-    cfg = get_vqgan_config("lwm")
-    for key in ("resolution", "hidden_channels", "num_res_blocks", "z_channels", "num_embeddings"):
-        cfg[key] = recorded[key]
-    cfg.quantized_embed_dim = recorded["quantized_embed_dim"]
-    cfg.channel_mult = tuple(recorded["channel_mult"])
-    return cfg
-
-
-def _model_config():
-    return debug_config(vision_vocab_size=8448, action_vocab_size=64)  # room for the frame markers
-
-
-def _write_bins(directory):
-    edges = [np.linspace(-0.1 * (d + 1), 0.1 * (d + 1), n + 1) for d, n in enumerate(BINS_PER_DIM[:-1])]
-    bins = ActionBins([*edges, np.array([-0.5, 0.5, 1.5])])
-    bins.to_csv(directory / "bins.csv")
-    (directory / "bins.json").write_text(json.dumps({"gripper": {"convention": "01", "threshold": 0.5}}))
-    return bins
 
 
 def _images(rng, shapes=((48, 80, 3), (64, 64, 4))):
@@ -82,23 +57,7 @@ def one_device():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, sp_model):
     """An action bundle of a random debug model, and that model."""
-    tmp = tmp_path_factory.mktemp("bundle")
-    model = VLAModel(_model_config(), rngs=nnx.Rngs(3))
-    _write_bins(tmp)
-    bundle = write_bundle(
-        tmp / "policy",
-        model_config=_model_config(),
-        params=model,
-        tokenizer=sp_model,
-        vqgan=VQGAN_FILE,
-        vqgan_config=_vqgan_config(),
-        image_mode="center_crop",
-        tokens_per_frame=64,
-        bins_csv=tmp / "bins.csv",
-        statistics=tmp / "bins.json",
-        provenance={"run_dir": "runs/x", "step": 7, "metrics": {"eval_action_mae": 0.5}, "dataset": "d"},
-    )
-    return bundle, model
+    return write_action_bundle(tmp_path_factory.mktemp("bundle"), sp_model)
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +93,14 @@ def test_bundle_round_trip_keeps_params_and_settings(written, tmp_path, sp_model
     bundle, model = written
     read = read_bundle(bundle.directory)
     _assert_same_params(load_lapa_params(read.path("params"), read.model, mesh=one_device), model)
-    assert read.model.to_dict() == _model_config().to_dict()
+    assert read.model.to_dict() == model_config().to_dict()
     assert read.sequence.tokens_per_frame == 64 and read.sequence.vision_codes == 64
     assert read.sequence.action_bins == BINS_PER_DIM and read.bins.num_bins == list(BINS_PER_DIM)
     assert read.image_mode == "center_crop" and read.spec["image"]["resolution"] == 64
     assert read.prompt_template == LAPA_TEMPLATE and read.predicts == "action"
     assert read.spec["action"]["names"][-1] == "gripper" and read.spec["action"]["units"][0] == "m"
     assert read.spec["provenance"]["step"] == 7 and read.statistics["gripper"]["convention"] == "01"
-    assert read.vqgan.to_dict() == json.loads(_vqgan_config().to_json())
+    assert read.vqgan.to_dict() == json.loads(vqgan_config().to_json())
     assert read.tokenizer_size == TextTokenizer(sp_model).vocab_size
 
     # a failed write leaves the previous bundle as it was and no temporary directory beside it
@@ -223,7 +182,7 @@ def test_the_prompt_is_the_training_example_up_to_its_first_target(
     policy, written, sp_model, vocab, key, fields, codes
 ):
     image = _images(np.random.default_rng(0))[0]
-    [(ids, modality)] = policy.prompts([image], [TASK], vocab)
+    [(ids, modality)] = policy.prompts(policy.vision_tokens([image]), [TASK], vocab)
     vision = policy.vision_tokens([image])[0].tolist()
     row = {"instruction": lapa_instruction(TASK), "vision": vision, key: codes, "fields": fields}
     example = _training_builder(written[0], sp_model)(row)
@@ -277,7 +236,9 @@ def test_sample_action_gives_bin_centres_of_valid_bins(policy, written):
         assert all(np.isclose(centres, a).any() for a in actions[:, d]), (d, actions[:, d])
         assert (np.abs(actions[:, d]) <= bundle.bins.edges[d][-1] + 1e-9).all()  # the data's units
     free = policy.sampler.generate_batch(
-        policy.prompts(images, [TASK, "pick up the red cube"], "action"), vocab="action", num_tokens=7
+        policy.prompts(policy.vision_tokens(images), [TASK, "pick up the red cube"], "action"),
+        vocab="action",
+        num_tokens=7,
     )
     assert (free >= np.asarray(BINS_PER_DIM)).any()  # unconstrained, the random head picks ids no bin has
 
@@ -355,7 +316,7 @@ def test_a_bundle_of_lapa_files_samples_what_the_sampler_generates(tmp_path, sp_
             None,
             tmp_path / "refused",
             LAPA_VLA_FIXTURE / "config.json",
-            vqgan_config=_vqgan_config(),
+            vqgan_config=vqgan_config(),
         )
     assert not (tmp_path / "refused").exists()
     _widened_lapa_fixture(tmp_path)
@@ -366,7 +327,7 @@ def test_a_bundle_of_lapa_files_samples_what_the_sampler_generates(tmp_path, sp_
         None,
         tmp_path / "lapa",
         tmp_path / "config.json",
-        vqgan_config=_vqgan_config(),
+        vqgan_config=vqgan_config(),
     )
     assert bundle.predicts == "latent" and bundle.bins is None and bundle.image_mode == "center_crop"
     assert bundle.path("params").read_bytes() == (tmp_path / "params").read_bytes()
@@ -374,7 +335,7 @@ def test_a_bundle_of_lapa_files_samples_what_the_sampler_generates(tmp_path, sp_
     images, tasks = _images(np.random.default_rng(5)), [TASK, "pick up the red cube"]
     model = load_lapa_params(tmp_path / "params", from_lapa_config(tmp_path / "config.json"), mesh=one_device)
     expected = Sampler(model).generate_batch(
-        policy.prompts(images, tasks, "latent"), vocab="latent", num_tokens=4
+        policy.prompts(policy.vision_tokens(images), tasks, "latent"), vocab="latent", num_tokens=4
     )
     np.testing.assert_array_equal(policy.sample_latent(images, tasks), expected)
     with pytest.raises(ValueError, match="latent codes only and the bundle has no latent-to-action decoder"):
@@ -406,10 +367,10 @@ def test_a_bundle_from_a_training_run(tmp_path, written, sp_model, one_device, c
     bundle, model = written
     run = tmp_path / "run"
     run.mkdir()
-    _write_bins(tmp_path)
-    (tmp_path / "vqgan_config.json").write_text(_vqgan_config().to_json())
+    write_bins(tmp_path)
+    (tmp_path / "vqgan_config.json").write_text(vqgan_config().to_json())
     config = get_config("debug_finetune")
-    config.model = _model_config()
+    config.model = model_config()
     config.data.update(
         train="train.jsonl",
         tokenizer=str(sp_model),

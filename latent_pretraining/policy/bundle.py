@@ -110,11 +110,13 @@ def write_bundle(
     action_units: Sequence[str] = ACTION_UNITS,
     provenance: dict[str, Any] | None = None,
     float_dtype: str | None = None,
+    link: bool = False,
 ) -> Bundle:
     """Writes a bundle to ``out_dir`` all together or not at all: into a temporary directory beside it,
     checked with ``read_bundle``, then renamed over it. ``params``: a model (saved in ``float_dtype``,
     None keeps its dtype) or a ``params::`` file (copied). With ``bins_csv`` the bundle predicts actions;
-    without, latent codes (``decoder``: a ``save_decoder`` directory mapping them to actions)."""
+    without, latent codes (``decoder``: a ``save_decoder`` directory mapping them to actions).
+    ``link``: the given files are linked (absolute symlinks), not copied, for a bundle to load at once."""
     out_dir = Path(out_dir)
     _check_target(out_dir)
     check_mode(image_mode)
@@ -144,21 +146,30 @@ def write_bundle(
         "provenance": provenance or {},
     }
 
+    def put(source: str | os.PathLike, target: Path) -> None:
+        source = Path(source)
+        if link:
+            target.symlink_to(source.resolve())
+        elif source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copyfile(source, target)
+
     def write(tmp: Path) -> None:
         (tmp / "vqgan").mkdir(parents=True)
         if isinstance(params, VLAModel):
             save_lapa_params(params, tmp / PARAMS, float_dtype)
         else:
-            shutil.copyfile(os.fspath(params).removeprefix("params::"), tmp / PARAMS)
-        shutil.copyfile(tokenizer, tmp / TOKENIZER)
-        shutil.copyfile(vqgan, tmp / VQGAN_PICKLE)
+            put(os.fspath(params).removeprefix("params::"), tmp / PARAMS)
+        put(tokenizer, tmp / TOKENIZER)
+        put(vqgan, tmp / VQGAN_PICKLE)
         (tmp / VQGAN_CONFIG).write_text(vqgan_config.to_json(indent=2))
         if bins_csv:
-            shutil.copyfile(bins_csv, tmp / BINS)
+            put(bins_csv, tmp / BINS)
         if statistics:
-            shutil.copyfile(statistics, tmp / STATISTICS)
+            put(statistics, tmp / STATISTICS)
         if decoder:
-            shutil.copytree(decoder, tmp / DECODER)
+            put(decoder, tmp / DECODER)
         (tmp / POLICY_JSON).write_text(json.dumps(spec, indent=2))
         read_bundle(tmp)  # a bundle whose pieces disagree is never put in place
 
@@ -422,20 +433,23 @@ def bundle_from_lapa(
     tokenizer: str | os.PathLike,
     bins_csv: str | os.PathLike | None,
     out_dir: str | os.PathLike,
-    model_config_json: str | os.PathLike,
+    model_config: str | os.PathLike | ml_collections.ConfigDict,
     *,
     vqgan_config: ml_collections.ConfigDict | None = None,
     statistics: str | os.PathLike | None = None,
     image_mode: str = "center_crop",
+    link: bool = False,
 ) -> Bundle:
     """A bundle of LAPA's released files: ``params::``, the LWM ``vqgan`` (config: ``vqgan_config``, else
     the JSON beside it, else LWM's), ``tokenizer.model``, a bins CSV (None: a latent-pretrained model)
-    and LAPA's model config JSON. LAPA trained with augmentation, so images are centre-cropped
-    (``image_mode="resize"`` repeats LAPA's own deploy path, which skipped the crop)."""
+    and the model config (LAPA's JSON, or ours). LAPA trained with augmentation, so images are
+    centre-cropped (``image_mode="resize"`` repeats LAPA's own deploy path, which skipped the crop)."""
     cfg = vqgan_config if vqgan_config is not None else resolve_config(Path(vqgan), None)
+    if not isinstance(model_config, ml_collections.ConfigDict):
+        model_config = from_lapa_config(model_config)
     return write_bundle(
         out_dir,
-        model_config=from_lapa_config(model_config_json),
+        model_config=model_config,
         params=params,
         tokenizer=tokenizer,
         vqgan=vqgan,
@@ -445,4 +459,5 @@ def bundle_from_lapa(
         bins_csv=bins_csv,
         statistics=statistics,
         provenance={"source": "LAPA release", "params": os.fspath(params).removeprefix("params::")},
+        link=link,
     )

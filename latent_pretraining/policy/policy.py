@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +81,24 @@ class Sampling:
 GREEDY = Sampling()
 
 
+@dataclasses.dataclass(frozen=True)
+class Act:
+    """One batch's answer: ``actions`` float [B, 7] (None: latent codes only), the ``latent`` codes
+    and ``action_tokens`` behind them (None where the policy did not make them), and seconds per
+    stage (preprocess, image_tokenizer, generation, decoder)."""
+
+    actions: np.ndarray | None
+    latent: np.ndarray | None
+    action_tokens: np.ndarray | None
+    timing: dict[str, float]
+
+
+def check_instruction(task: Any, where: str = "instruction") -> None:
+    """A ValueError naming ``where`` unless ``task`` is a non-empty task description."""
+    if not isinstance(task, str) or not task.strip():
+        raise ValueError(f"{where}: expected a task description, got {task!r}")
+
+
 class Policy:
     """Samples latent codes and actions for batches of (image, task description) pairs."""
 
@@ -109,32 +128,38 @@ class Policy:
         return cls(bundle, model, vqgan, decoder, mesh)
 
     # -- inputs -------------------------------------------------------------------
+    def pixels(self, images: Sequence[Any]) -> np.ndarray:
+        """float [B, R, R, 3]: images in the bundle's deploy preprocessing."""
+        if len(images) == 0:
+            raise ValueError("no images; give one per instruction")
+        size, mode = self.bundle.spec["image"]["resolution"], self.bundle.image_mode
+        return np.stack([preprocess(to_rgb(im, f"image {i}"), size, mode) for i, im in enumerate(images)])
+
     def vision_tokens(self, images: Sequence[Any]) -> np.ndarray:
         """int [B, tokens_per_frame]: the VQGAN codes of images in the bundle's deploy preprocessing."""
-        size, mode = self.bundle.spec["image"]["resolution"], self.bundle.image_mode
-        pixels = np.stack([preprocess(to_rgb(im, f"image {i}"), size, mode) for i, im in enumerate(images)])
+        return self._encode(self.pixels(images))
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
         return np.concatenate(
             [self.encoder(pixels[s : s + IMAGE_BATCH]) for s in range(0, len(pixels), IMAGE_BATCH)]
         )
 
     def prompts(
-        self, images: Sequence[Any], instructions: Sequence[str], vocab: str
+        self, vision: np.ndarray, instructions: Sequence[str], vocab: str
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(ids, modality)`` per row: the training example of the row up to its first ``vocab``
-        (``latent`` or ``action``) token, so that the model sees what it was trained on."""
-        if len(images) != len(instructions) or len(images) == 0:
-            raise ValueError(f"{len(images)} images and {len(instructions)} instructions; give one of each")
-        codes = self.vision_tokens(images)
+        """``(ids, modality)`` per row of vision codes: the training example of the row up to its first
+        ``vocab`` (``latent`` or ``action``) token, so that the model sees what it was trained on."""
+        if len(vision) != len(instructions) or len(vision) == 0:
+            raise ValueError(f"{len(vision)} images and {len(instructions)} instructions; give one of each")
         key, count = ("delta", self.bundle.sequence.tokens_per_latent)
         if vocab == "action":
             key, count = ("action", self.bundle.sequence.tokens_per_action)
         out = []
-        for i, (task, vision) in enumerate(zip(instructions, codes, strict=True)):
-            if not isinstance(task, str) or not task.strip():
-                raise ValueError(f"instruction {i}: expected a task description, got {task!r}")
+        for i, (task, codes) in enumerate(zip(instructions, vision, strict=True)):
+            check_instruction(task, f"instruction {i}")
             row = {
                 "instruction": self.bundle.prompt_template.replace("{task}", task),
-                "vision": vision.tolist(),
+                "vision": codes.tolist(),
                 key: [0] * count,  # a placeholder: the prompt stops before it
                 "fields": self.bundle.fields[vocab],
             }
@@ -144,39 +169,65 @@ class Policy:
         return out
 
     # -- sampling -------------------------------------------------------------------
+    @property
+    def acts(self) -> bool:
+        """Whether the policy gives actions (an action head, or latent codes and a decoder)."""
+        return self.bundle.bins is not None or self.decoder is not None
+
+    def act(self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY) -> Act:
+        """Actions (when the policy gives them), the tokens behind them and where the time went."""
+        for i, task in enumerate(instructions):
+            check_instruction(task, f"instruction {i}")
+        clock = time.perf_counter()
+        pixels = self.pixels(images)
+        timing = {"preprocess": time.perf_counter() - clock}
+        clock = time.perf_counter()
+        vision = self._encode(pixels)
+        timing["image_tokenizer"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        bins = self.bundle.bins
+        if bins is not None:
+            allowed = bins.valid_ids(self.bundle.model.action_vocab_size)
+            tokens = self._generate(vision, instructions, "action", sampling, allowed)
+            timing["generation"] = time.perf_counter() - clock
+            return Act(bins.decode(tokens), None, tokens, timing)
+        latent = self._generate(vision, instructions, "latent", sampling)
+        timing["generation"] = time.perf_counter() - clock
+        if self.decoder is None:
+            return Act(None, latent, None, timing)
+        clock = time.perf_counter()
+        actions = np.asarray(self.decoder.predict(jnp.asarray(latent)), np.float64)
+        timing["decoder"] = time.perf_counter() - clock
+        return Act(actions, latent, None, timing)
+
     def sample_latent(
         self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY
     ) -> np.ndarray:
         """int [B, tokens_per_latent] latent codes."""
-        return self._generate(images, instructions, "latent", sampling)
+        return self._generate(self.vision_tokens(images), instructions, "latent", sampling)
 
     def sample_action(
         self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY
     ) -> np.ndarray:
         """float [B, 7] actions in the data's units: bin centres of the action head's tokens, each
         dimension constrained to its valid bins, or a latent-only bundle's codes through its decoder."""
-        bins = self.bundle.bins
-        if bins is not None:
-            allowed = bins.valid_ids(self.bundle.model.action_vocab_size)
-            return bins.decode(self._generate(images, instructions, "action", sampling, allowed))
-        if self.decoder is None:
+        if not self.acts:
             raise ValueError(
                 f"{self.bundle.directory}: the model predicts latent codes only and the bundle has no "
                 "latent-to-action decoder; use sample_latent"
             )
-        codes = self.sample_latent(images, instructions, sampling)
-        return np.asarray(self.decoder.predict(jnp.asarray(codes)), np.float64)
+        return self.act(images, instructions, sampling).actions
 
     def _generate(
         self,
-        images: Sequence[Any],
+        vision: np.ndarray,
         instructions: Sequence[str],
         vocab: str,
         sampling: Sampling,
         allowed: np.ndarray | None = None,
     ) -> np.ndarray:
         return self.sampler.generate_batch(
-            self.prompts(images, instructions, vocab),
+            self.prompts(vision, instructions, vocab),
             vocab=vocab,
             num_tokens=getattr(self.bundle.sequence, f"tokens_per_{vocab}"),
             temperature=sampling.temperature,
