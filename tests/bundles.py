@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgpack
 import numpy as np
-from conftest import LWM_VQGAN_FIXTURE
+from conftest import LAPA_VLA_FIXTURE, LWM_VQGAN_FIXTURE
 from flax import nnx
 from helpers import debug_config
 
 from latent_pretraining.actions.bins import ActionBins
+from latent_pretraining.lapa_checkpoint import encode_array, iter_records
 from latent_pretraining.model import VLAModel
 from latent_pretraining.policy.bundle import Bundle, write_bundle
 from latent_pretraining.vqgan.model import get_vqgan_config
@@ -62,3 +64,22 @@ def write_action_bundle(directory: Path, tokenizer: Path, seed: int = 3) -> tupl
         provenance={"run_dir": "runs/x", "step": 7, "metrics": {"eval_action_mae": 0.5}, "dataset": "d"},
     )
     return bundle, model
+
+
+def write_widened_lapa_fixture(tmp_path: Path) -> None:
+    """LAPA's fixture model with its vision table and head grown to 8448 ids (the fixture's 96 leave no
+    room for the frame markers 8192/8193); the fixture's own rows come first."""
+    rng = np.random.default_rng(0)
+    packer = msgpack.Packer(use_bin_type=True)
+    with open(tmp_path / "params", "wb") as f:
+        for key, array in iter_records(LAPA_VLA_FIXTURE / "params"):
+            if key == ("transformer", "vte", "embedding"):
+                array = np.concatenate([array, rng.normal(0, 0.02, (8448 - 96, 64)).astype(array.dtype)])
+            elif key == ("vision_head", "kernel"):
+                array = np.concatenate(
+                    [array, rng.normal(0, 0.02, (64, 8448 - 96)).astype(array.dtype)], axis=1
+                )
+            f.write(packer.pack((list(key), encode_array(array))))
+    config = json.loads((LAPA_VLA_FIXTURE / "config.json").read_text())
+    config["full_config_to_dict"]["vision_vocab_size"] = 8448
+    (tmp_path / "config.json").write_text(json.dumps(config))

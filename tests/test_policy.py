@@ -8,10 +8,17 @@ import math
 import shutil
 
 import jax
-import msgpack
 import numpy as np
 import pytest
-from bundles import BINS_PER_DIM, VQGAN_FILE, model_config, vqgan_config, write_action_bundle, write_bins
+from bundles import (
+    BINS_PER_DIM,
+    VQGAN_FILE,
+    model_config,
+    vqgan_config,
+    write_action_bundle,
+    write_bins,
+    write_widened_lapa_fixture,
+)
 from conftest import LAPA_VLA_FIXTURE
 from flax import nnx
 from PIL import Image
@@ -24,7 +31,7 @@ from latent_pretraining.configs.lapa import get_config
 from latent_pretraining.core.checkpointing import Checkpointer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.episodes import load_image
-from latent_pretraining.lapa_checkpoint import encode_array, iter_records, load_lapa_params
+from latent_pretraining.lapa_checkpoint import load_lapa_params
 from latent_pretraining.model import Modality
 from latent_pretraining.policy.__main__ import main as policy_main
 from latent_pretraining.policy.bundle import (
@@ -288,25 +295,6 @@ def test_step_gives_simpler_fields(policy):
     assert out["terminate_episode"].tolist() == [0.0]
 
 
-def _widened_lapa_fixture(tmp_path):
-    """LAPA's fixture model with its vision table and head grown to 8448 ids (the fixture's 96 leave no
-    room for the frame markers 8192/8193); the fixture's own rows come first."""
-    rng = np.random.default_rng(0)
-    packer = msgpack.Packer(use_bin_type=True)
-    with open(tmp_path / "params", "wb") as f:
-        for key, array in iter_records(LAPA_VLA_FIXTURE / "params"):
-            if key == ("transformer", "vte", "embedding"):
-                array = np.concatenate([array, rng.normal(0, 0.02, (8448 - 96, 64)).astype(array.dtype)])
-            elif key == ("vision_head", "kernel"):
-                array = np.concatenate(
-                    [array, rng.normal(0, 0.02, (64, 8448 - 96)).astype(array.dtype)], axis=1
-                )
-            f.write(packer.pack((list(key), encode_array(array))))
-    config = json.loads((LAPA_VLA_FIXTURE / "config.json").read_text())
-    config["full_config_to_dict"]["vision_vocab_size"] = 8448
-    (tmp_path / "config.json").write_text(json.dumps(config))
-
-
 def test_a_bundle_of_lapa_files_samples_what_the_sampler_generates(tmp_path, sp_model, one_device):
     with pytest.raises(BundleError, match="vision_vocab_size 96 has no end-of-vision id"):
         bundle_from_lapa(
@@ -319,7 +307,7 @@ def test_a_bundle_of_lapa_files_samples_what_the_sampler_generates(tmp_path, sp_
             vqgan_config=vqgan_config(),
         )
     assert not (tmp_path / "refused").exists()
-    _widened_lapa_fixture(tmp_path)
+    write_widened_lapa_fixture(tmp_path)
     bundle = bundle_from_lapa(
         f"params::{tmp_path / 'params'}",
         VQGAN_FILE,
