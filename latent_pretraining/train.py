@@ -35,6 +35,7 @@ from latent_pretraining.core.state import (
 from latent_pretraining.core.step import make_train_step
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
+from latent_pretraining.policy.bundle import bundle_from_run
 from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
 from latent_pretraining.vla_data import (
     ImageTokens,
@@ -211,6 +212,11 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")
     config.data.pp_eval = config.data.pp_eval or eval_mode(config.data.pp_train)  # recorded in config.json
     check_mode(config.data.pp_eval)
+    if config.export_policy and jax.process_count() > 1:
+        raise ValueError(
+            "--config.export_policy writes from one process; export a multi-host run afterwards with "
+            "python -m latent_pretraining.policy export --run <run_dir> --out <dir>"
+        )
     run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     m = config.model
@@ -282,6 +288,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if config.export_params:
         save_lapa_params(nnx.merge(graphdef, state["params"], state["rest"]), config.export_params, "bf16")
         print(f"exported {config.export_params} (LAPA params::, bf16)", flush=True)
+    if config.export_policy:
+        final = nnx.merge(graphdef, state["params"], state["rest"])
+        bundle = bundle_from_run(run_dir, config.export_policy, model=final)
+        print(f"wrote the policy bundle {bundle.describe()}", flush=True)
     return last
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from sim.env import EnvConfig, TabletopEnv
 from sim.evaluate import ExpertPolicy, NoOpPolicy, RandomPolicy, evaluate, format_summary, wilson_interval
+from sim.tasks import TASK_KINDS
 
 
 def test_wilson_interval_known_values():
@@ -58,3 +59,30 @@ def test_no_episodes_or_unknown_tasks_are_refused(capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(ValueError, match="at least one episode"):
         evaluate(NoOpPolicy(), TabletopEnv(EnvConfig(image_size=32)), 0)
+
+
+def test_a_bundle_is_scored_beside_its_baselines_on_the_same_episodes(tmp_path, sp_model, capsys):
+    from bundles import write_action_bundle
+
+    from latent_pretraining.evaluate import main as evaluate_main
+
+    bundle, _ = write_action_bundle(tmp_path, sp_model)
+    task = TASK_KINDS[0]
+    out = tmp_path / "eval"
+    argv = ["--policy", str(bundle.directory), "--episodes", "2", "--tasks", task, "--max_steps", "12"]
+    evaluate_main([*argv, "--out", str(out), "--videos", "1"])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["policies"]) == ["policy", "expert", "random", "noop"]
+    env = TabletopEnv(EnvConfig(max_steps=12))
+    for name, baseline in (("expert", ExpertPolicy(env)), ("noop", NoOpPolicy())):
+        direct = evaluate(baseline, env, episodes_per_task=2, tasks=(task,))
+        assert results["policies"][name]["overall"] == direct["overall"]
+    scores = results["policies"]["policy"]
+    assert scores["overall"]["episodes"] == 2 and scores["per_task"][task]["episodes"] == 2
+    lo, hi = scores["overall"]["ci95"]
+    assert lo <= scores["overall"]["success_rate"] <= hi
+    assert len(list((out / "policy").glob("rollout_*.gif"))) == 1
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[-5].split()[0] == "policy" and f"results: {out / 'results.json'}" in printed
+    with pytest.raises(SystemExit, match="not both"):
+        evaluate_main([*argv, "--server", "http://127.0.0.1:1"])

@@ -392,3 +392,52 @@ def test_a_bundle_from_a_training_run(tmp_path, written, sp_model, one_device, c
     assert read_bundle(tmp_path / "cli").spec["provenance"] == made.spec["provenance"]
     with pytest.raises(SystemExit, match=r"error: .*nothing/config.json: missing"):
         policy_main(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "cli2")])
+
+
+def test_training_writes_a_bundle_equal_to_the_one_exported_afterwards(tmp_path, sp_model, one_device):
+    from latent_pretraining import train as vla_train
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / f"{i}.png"
+            )
+            action = [int(rng.integers(n)) for n in BINS_PER_DIM]
+            f.write(
+                json.dumps(
+                    {"image": f"{i}.png", "instruction": TASK, "action": action, "fields": ACTION_FIELDS}
+                )
+            )
+            f.write("\n")
+    write_bins(tmp_path)
+    (tmp_path / "vqgan_config.json").write_text(vqgan_config().to_json())
+    (tmp_path / "vqgan").symlink_to(VQGAN_FILE)
+    config = get_config("debug_finetune")
+    config.model = model_config()
+    config.data.update(
+        train=str(tmp_path / "train.jsonl"),
+        tokenizer=str(sp_model),
+        vqgan_checkpoint=str(tmp_path / "vqgan"),
+        image_root=str(tmp_path / "images"),
+        tokens_per_frame=64,
+        max_length=128,
+        action_bins=str(tmp_path / "bins.csv"),
+    )
+    config.update(
+        run_dir=str(tmp_path / "run"),
+        batch_size=8,
+        total_steps=2,
+        eval_every=0,
+        export_policy=str(tmp_path / "policy"),
+    )
+    vla_train.train(config)
+    exported = read_bundle(tmp_path / "policy")
+    assert exported.predicts == "action" and exported.spec["provenance"]["step"] == 2
+    assert exported.statistics["gripper"]["threshold"] == 0.5  # bins.json travelled with bins.csv
+    afterwards = bundle_from_run(tmp_path / "run", tmp_path / "afterwards", mesh=one_device)
+    assert exported.path("params").read_bytes() == afterwards.path("params").read_bytes()
+    assert Policy.from_pretrained(exported.directory, mesh=one_device).sample_action(
+        [np.asarray(Image.open(tmp_path / "images" / "0.png"))], [TASK]
+    ).shape == (1, 7)

@@ -51,6 +51,7 @@ def get_config(preset: str = "debug_latent") -> ml_collections.ConfigDict:
     c.init_new_vocabs = "latent,action"  # LAPA's latent pretraining starts from LWM, which has neither
     c.eval_batches = 0  # 0: every held-out row; N: at most N batches
     c.export_params = ""  # write final params in LAPA's streaming format here (bf16)
+    c.export_policy = ""  # write a policy bundle of the final model here (latent_pretraining.policy)
 
     if not debug:  # LAPA's jobs: constant 2e-5, no warmup, 384-token rows, remat of whole blocks
         c.optimizer.schedule, c.optimizer.warmup_steps = "constant", 0

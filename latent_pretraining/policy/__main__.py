@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from latent_pretraining.core.cli import exit_on
-from latent_pretraining.policy.bundle import Bundle, bundle_from_lapa, bundle_from_run
+from latent_pretraining.policy.bundle import bundle_from_lapa, bundle_from_run
 from latent_pretraining.vqgan.encode import resolve_config
 
 VQGAN_CONFIG_HELP = "preset (lwm/small/tiny) or JSON; default: the JSON beside the checkpoint, else lwm"
@@ -60,18 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 statistics=args.statistics,
                 image_mode=args.image_mode,
             )
-    print(describe(bundle))
-
-
-def describe(bundle: Bundle) -> str:
-    """One line: where the bundle is and what it does."""
-    image = bundle.spec["image"]
-    return (
-        f"wrote {bundle.directory}: predicts {bundle.predicts}"
-        + (" (with a latent-to-action decoder)" if bundle.has_decoder else "")
-        + f"; {image['resolution']}px images ({bundle.image_mode}), "
-        f"{bundle.sequence.tokens_per_frame} tokens per frame"
-    )
+    print(f"wrote {bundle.describe()}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,16 @@ class Bundle:
     def path(self, name: str) -> Path:
         return self.directory / name
 
+    def describe(self) -> str:
+        """One line: where the bundle is and what it does."""
+        image = self.spec["image"]
+        return (
+            f"{self.directory}: predicts {self.predicts}"
+            + (" (with a latent-to-action decoder)" if self.has_decoder else "")
+            + f"; {image['resolution']}px images ({self.image_mode}), "
+            f"{self.sequence.tokens_per_frame} tokens per frame"
+        )
+
     @property
     def predicts(self) -> str:
         """``action`` (the action head, through the bins) or ``latent`` (latent codes)."""
@@ -361,10 +371,12 @@ def bundle_from_run(
     decoder: str | os.PathLike | None = None,
     prompt_template: str = LAPA_TEMPLATE,
     mesh: Mesh | None = None,
+    model: VLAModel | None = None,
 ) -> Bundle:
     """A bundle of a ``latent_pretraining.train`` run: its ``config.json`` (tokenizer, VQGAN, bins,
-    preprocessing), the parameters of its newest checkpoint (else its ``export_params`` file) and its
-    ``summary.json``. ``vqgan``/``vqgan_config`` stand in for a run trained on pre-tokenised rows."""
+    preprocessing), the parameters of its newest checkpoint (else its ``export_params`` file; ``model``:
+    the run's final model, in memory) and its ``summary.json``. ``vqgan``/``vqgan_config`` stand in
+    for a run trained on pre-tokenised rows."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -374,7 +386,10 @@ def bundle_from_run(
     if not (vqgan or data.vqgan_checkpoint):
         raise BundleError(f"{config_path}: data.vqgan_checkpoint is empty; pass the run's VQGAN as vqgan=")
     checkpoint = Path(vqgan or data.vqgan_checkpoint)
-    params, step = _run_params(run_dir, config, mesh)
+    if model is not None:
+        params, step = model, int(config.total_steps)
+    else:
+        params, step = _run_params(run_dir, config, mesh)
     bins = data.action_bins if data.action_bins and config.loss.action > 0 else None
     statistics = Path(bins).with_suffix(".json") if bins else None
     summary = run_dir / "summary.json"

@@ -1,0 +1,155 @@
+"""Closed-loop evaluation of a policy bundle in the tabletop world, beside its baselines.
+
+    python -m latent_pretraining.evaluate --policy demo_out/policy --episodes 10 --out runs/eval
+    python -m latent_pretraining.evaluate --server http://127.0.0.1:32820 --episodes 10 --out runs/eval
+
+The policy runs in-process (``--policy``) or behind ``python -m latent_pretraining.deploy``
+(``--server``, OpenVLA's REST convention). The same episode seeds then score the scripted expert,
+a random and a no-op policy. ``--out`` gets one directory per policy (``summary.json`` and GIF
+rollouts) and ``results.json``: success per task and overall with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import json_numpy
+import numpy as np
+import requests
+
+from latent_pretraining.core.cli import exit_on
+from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
+from latent_pretraining.policy.policy import Policy
+from sim.env import EnvConfig, TabletopEnv
+from sim.evaluate import ExpertPolicy, NoOpPolicy, RandomPolicy, evaluate
+from sim.tasks import TASK_KINDS
+
+BASELINES = ("expert", "random", "noop")
+
+
+class BundlePolicy:
+    """A ``Policy`` in the evaluator's interface: ``step`` gives the raw 7-D action."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    def reset(self, instruction: str) -> None:
+        self.policy.reset(instruction)
+
+    def step(self, image: np.ndarray) -> np.ndarray:
+        return self.policy.step(image)["action"]
+
+
+class ServerPolicy:
+    """A policy server's ``POST /act`` (OpenVLA's json_numpy convention) in the evaluator's interface."""
+
+    def __init__(self, url: str, timeout_s: float = 60.0):
+        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        self.session = requests.Session()
+        self.instruction: str | None = None
+
+    def reset(self, instruction: str) -> None:
+        self.instruction = instruction
+
+    def step(self, image: np.ndarray) -> np.ndarray:
+        body = json_numpy.dumps({"image": np.asarray(image, np.uint8), "instruction": self.instruction})
+        reply = self.session.post(
+            f"{self.url}/act", data=body, headers={"Content-Type": "application/json"}, timeout=self.timeout_s
+        )
+        if reply.status_code != 200:
+            raise RuntimeError(f"{self.url}/act answered {reply.status_code}: {reply.text[:500]}")
+        action = np.asarray(json_numpy.loads(reply.text), np.float64)
+        if action.shape != (7,) or not np.isfinite(action).all():
+            raise RuntimeError(f"{self.url}/act answered {action.tolist()}, not 7 finite numbers")
+        return action
+
+
+def run_all(
+    policies: dict[str, Any],
+    env: TabletopEnv,
+    episodes: int,
+    tasks: tuple[str, ...],
+    seed: int,
+    out: Path | None,
+    videos: int,
+) -> dict[str, Any]:
+    """Every policy on the same episode seeds; the per-policy summaries and one comparison table."""
+    results: dict[str, Any] = {"episodes_per_task": episodes, "tasks": list(tasks), "seed": seed}
+    results["policies"] = {}
+    for name, policy in policies.items():
+        summary = evaluate(policy, env, episodes, tasks, seed, None if out is None else out / name, videos)
+        results["policies"][name] = {
+            "overall": summary["overall"],
+            "per_task": summary["per_task"],
+            "seconds": summary["seconds"],
+        }
+    if out is not None:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """Success per policy and task, each with its 95% interval."""
+    tasks = results["tasks"]
+    lines = [f"{'policy':<10}" + "".join(f"{t:>22}" for t in [*tasks, "overall"])]
+    for name, scores in results["policies"].items():
+        cells = [scores["per_task"][t] for t in tasks] + [scores["overall"]]
+        lines.append(f"{name:<10}" + "".join(f"{_rate(c):>22}" for c in cells))
+    return "\n".join(lines)
+
+
+def _rate(stats: dict[str, Any]) -> str:
+    lo, hi = stats["ci95"]
+    return f"{stats['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m latent_pretraining.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_policy_arguments(parser)
+    parser.add_argument("--server", default=None, help="a policy server's URL, instead of --policy")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task kind")
+    parser.add_argument("--tasks", default=",".join(TASK_KINDS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image_size", type=int, default=64, help="the world's camera resolution")
+    parser.add_argument("--max_steps", type=int, default=EnvConfig.max_steps, help="steps per episode")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated; '' for none")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--videos", type=int, default=3, help="GIF rollouts per policy")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    if not tasks or set(tasks) - set(TASK_KINDS):
+        parser.error(f"--tasks {args.tasks!r}: choose one or more of {','.join(TASK_KINDS)}")
+    baselines = [b for b in args.baselines.split(",") if b]
+    if set(baselines) - set(BASELINES):
+        parser.error(f"--baselines {args.baselines!r}: choose from {','.join(BASELINES)}")
+    env = TabletopEnv(EnvConfig(image_size=args.image_size, max_steps=args.max_steps))
+    with exit_on():
+        if args.server:
+            if args.policy or args.load_checkpoint:
+                raise ValueError("give --server or a policy (--policy / LAPA's flags), not both")
+            policies: dict[str, Any] = {"policy": ServerPolicy(args.server)}
+        else:
+            policies = {"policy": BundlePolicy(policy_from_arguments(args))}
+    baseline_policies = {
+        "expert": lambda: ExpertPolicy(env, 0.0, args.seed),
+        "random": lambda: RandomPolicy(args.seed),
+        "noop": NoOpPolicy,
+    }
+    policies.update({name: baseline_policies[name]() for name in baselines})
+    results = run_all(policies, env, args.episodes, tasks, args.seed, args.out, args.videos)
+    print(format_results(results))
+    if args.out is not None:
+        print(f"results: {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
