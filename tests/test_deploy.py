@@ -44,6 +44,10 @@ def _image(seed: int, shape=(64, 64, 3)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
+def _payload(seed: int, task: str = TASK, **fields) -> dict:
+    return {"image": _image(seed), "instruction": task, **fields}
+
+
 def _png(image: np.ndarray, format: str = "PNG") -> bytes:
     out = io.BytesIO()
     Image.fromarray(image).save(out, format=format)
@@ -259,15 +263,17 @@ def server(bundle_dir):
     command += ["--port", str(port), "--image_root", str(root), "--max_body_bytes", str(MAX_BODY)]
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url, codes, deadline = f"http://127.0.0.1:{port}", [], time.monotonic() + 120
+    url, codes, early, deadline = f"http://127.0.0.1:{port}", [], None, time.monotonic() + 120
     try:
         while not codes or codes[-1] != 200:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the server did not come up:\n{log.read_text()}")
             with contextlib.suppress(requests.ConnectionError):
                 codes.append(requests.get(f"{url}/healthz", timeout=5).status_code)
+                if codes[-1] == 503 and early is None:  # an /act while it warms up
+                    early = requests.post(f"{url}/act", data=json_numpy.dumps(_payload(0)), timeout=5)
             time.sleep(0.1)
-        yield {"url": url, "port": port, "root": root, "log": log, "codes": codes}
+        yield {"url": url, "port": port, "root": root, "log": log, "codes": codes, "early": early}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -294,11 +300,12 @@ def _act(server, body, **kwargs) -> requests.Response:
 
 def test_the_server_warms_up_before_it_is_healthy(server):
     assert server["codes"][0] == 503 and server["codes"][-1] == 200
+    assert server["early"].status_code == 503 and "warming up" in server["early"].json()["error"]
     assert f"serving {server['root'].parent / 'policy'} on {server['url']}" in server["log"].read_text()
 
 
 def test_rest_answers_as_openvla_and_equals_the_policy(server, reference):
-    payload = {"image": _image(0), "instruction": TASK}
+    payload = _payload(0)
     expected = reference(0).actions[0]
     answer = json_numpy.loads(_act(server, json_numpy.dumps(payload)).text)
     assert answer.shape == (7,) and answer.dtype == np.float64 and np.isfinite(answer).all()
@@ -313,7 +320,7 @@ def test_rest_answers_as_openvla_and_equals_the_policy(server, reference):
 
 
 def test_the_full_form(server, reference):
-    payload = {"image": _image(1), "instruction": TASKS[1], "return": "full"}
+    payload = _payload(1, TASKS[1], **{"return": "full"})
     answer = _act(server, json_numpy.dumps(payload)).json()
     expected = reference(1, TASKS[1])
     assert answer["action"] == expected.actions[0].tolist()
@@ -406,7 +413,7 @@ def test_concurrent_requests_are_batched_and_each_equals_its_own_answer(server, 
     cases = distinct * 8
 
     def post(case):
-        payload = {"image": _image(case[0]), "instruction": case[1], "return": "full"}
+        payload = _payload(*case, **{"return": "full"})
         return _act(server, json_numpy.dumps(payload)).json()
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
