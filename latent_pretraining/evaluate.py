@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import json_numpy
 import numpy as np
-import requests
 
-from latent_pretraining.core.cli import exit_on
+from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
+from latent_pretraining.deploy.client import ServerError, ServerPolicy, wait_until_ready
 from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
 from latent_pretraining.policy.policy import Policy
 from sim.env import EnvConfig, TabletopEnv
@@ -41,30 +40,6 @@ class BundlePolicy:
 
     def step(self, image: np.ndarray) -> np.ndarray:
         return self.policy.step(image)["action"]
-
-
-class ServerPolicy:
-    """A policy server's ``POST /act`` (OpenVLA's json_numpy convention) in the evaluator's interface."""
-
-    def __init__(self, url: str, timeout_s: float = 60.0):
-        self.url, self.timeout_s = url.rstrip("/"), timeout_s
-        self.session = requests.Session()
-        self.instruction: str | None = None
-
-    def reset(self, instruction: str) -> None:
-        self.instruction = instruction
-
-    def step(self, image: np.ndarray) -> np.ndarray:
-        body = json_numpy.dumps({"image": np.asarray(image, np.uint8), "instruction": self.instruction})
-        reply = self.session.post(
-            f"{self.url}/act", data=body, headers={"Content-Type": "application/json"}, timeout=self.timeout_s
-        )
-        if reply.status_code != 200:
-            raise RuntimeError(f"{self.url}/act answered {reply.status_code}: {reply.text[:500]}")
-        action = np.asarray(json_numpy.loads(reply.text), np.float64)
-        if action.shape != (7,) or not np.isfinite(action).all():
-            raise RuntimeError(f"{self.url}/act answered {action.tolist()}, not 7 finite numbers")
-        return action
 
 
 def run_all(
@@ -114,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_policy_arguments(parser)
     parser.add_argument("--server", default=None, help="a policy server's URL, instead of --policy")
+    parser.add_argument("--wait_s", type=float, default=0.0, help="wait this long for the server to be ready")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task kind")
     parser.add_argument("--tasks", default=",".join(TASK_KINDS))
     parser.add_argument("--seed", type=int, default=0)
@@ -132,20 +108,21 @@ def main(argv: list[str] | None = None) -> None:
     if set(baselines) - set(BASELINES):
         parser.error(f"--baselines {args.baselines!r}: choose from {','.join(BASELINES)}")
     env = TabletopEnv(EnvConfig(image_size=args.image_size, max_steps=args.max_steps))
-    with exit_on():
-        if args.server:
-            if args.policy or args.load_checkpoint:
-                raise ValueError("give --server or a policy (--policy / LAPA's flags), not both")
-            policies: dict[str, Any] = {"policy": ServerPolicy(args.server)}
-        else:
-            policies = {"policy": BundlePolicy(policy_from_arguments(args))}
     baseline_policies = {
         "expert": lambda: ExpertPolicy(env, 0.0, args.seed),
         "random": lambda: RandomPolicy(args.seed),
         "noop": NoOpPolicy,
     }
-    policies.update({name: baseline_policies[name]() for name in baselines})
-    results = run_all(policies, env, args.episodes, tasks, args.seed, args.out, args.videos)
+    with exit_on(*INPUT_ERRORS, ServerError):  # a server that fails mid-run ends it with its message
+        if args.server:
+            if args.policy or args.load_checkpoint:
+                raise ValueError("give --server or a policy (--policy / LAPA's flags), not both")
+            wait_until_ready(args.server, args.wait_s)
+            policies: dict[str, Any] = {"policy": ServerPolicy(args.server)}
+        else:
+            policies = {"policy": BundlePolicy(policy_from_arguments(args))}
+        policies.update({name: baseline_policies[name]() for name in baselines})
+        results = run_all(policies, env, args.episodes, tasks, args.seed, args.out, args.videos)
     print(format_results(results))
     if args.out is not None:
         print(f"results: {args.out / 'results.json'}")

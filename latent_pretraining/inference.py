@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from latent_pretraining.core.cli import exit_on
-from latent_pretraining.episodes.base import read_image
-from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
+from latent_pretraining.policy.cli import (
+    add_input_arguments,
+    add_policy_arguments,
+    input_from_arguments,
+    policy_from_arguments,
+)
 from latent_pretraining.policy.policy import Act, Policy
-
-BUILT_IN_FRAME = Path(__file__).parent / "assets" / "tabletop.png"  # sim.env seed 1000000, 64 px
-BUILT_IN_INSTRUCTION = "go to the yellow triangle"  # that frame's task
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,18 +34,14 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_policy_arguments(parser)
-    parser.add_argument("--image", type=Path, default=None, help="default: a built-in tabletop frame")
-    parser.add_argument("--instruction", default=None, help="the task description")
+    add_input_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     args = parser.parse_args(argv)
-    if args.instruction is None and args.image is not None:
-        parser.error("--instruction is required with --image")
     with exit_on():
-        image = read_image(args.image or BUILT_IN_FRAME)
-        instruction = BUILT_IN_INSTRUCTION if args.instruction is None else args.instruction
+        path, image, instruction = input_from_arguments(args)
         policy = policy_from_arguments(args)
         answer = policy.act([image], [instruction])
-    result = as_record(policy, answer, instruction, str(args.image or BUILT_IN_FRAME))
+    result = as_record(policy, answer, instruction, path)
     print(json.dumps(result) if args.json else describe(result))
 
 

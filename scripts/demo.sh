@@ -8,9 +8,11 @@
 #      latent-pretrained on them,
 #   5. LAPA's finetune preprocessing bins the expert's actions (with vision tokens from step 3), and the
 #      latent-pretrained VLA is finetuned on them and scored on held-out episodes (action accuracy, MAE),
-#   6. the VLA core trains on synthetic latent-action rows, exports a LAPA checkpoint, reloads
+#   6. the finetuned VLA becomes a policy bundle ($OUT/policy), acts on a held-out frame, is served
+#      (one REST /act request) and is evaluated closed-loop through the server beside the baselines,
+#   7. the VLA core trains on synthetic latent-action rows, exports a LAPA checkpoint, reloads
 #      it and generates latent actions with the KV-cache sampler.
-# Output goes to $DEMO_OUT (default demo_out/). Extra arguments go to step 6.
+# Output goes to $DEMO_OUT (default demo_out/). Extra arguments go to step 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -55,5 +57,21 @@ $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debu
     --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
     --config.data.action_bins="$OUT/bins.csv" --config.total_steps=300 --config.batch_size=16 --config.eval_every=0 \
     --config.init="$OUT/vla_latent" --config.run_dir="$OUT/vla_finetune"
-echo "== 6. VLA core: train, export a LAPA checkpoint, reload, generate latent actions"
+echo "== 6. deploy: bundle the finetuned VLA, act on a held-out frame, serve it, evaluate it closed-loop"
+$PY -m latent_pretraining.policy export --run "$OUT/vla_finetune" --out "$OUT/policy" --vqgan "$OUT/vqgan/vqgan"
+LAST_FRAME=$(tail -n 1 "$OUT/tabletop/videos/frames.jsonl")   # of a held-out episode
+FRAME=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["image"])' "$LAST_FRAME")
+TASK=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["instruction"])' "$LAST_FRAME")
+$PY -m latent_pretraining.inference --policy "$OUT/policy" --image "$FRAME" --instruction "$TASK"
+PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+$PY -m latent_pretraining.deploy --policy "$OUT/policy" --port "$PORT" --max_batch 1 > "$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+$PY -m latent_pretraining.deploy.client --url "http://127.0.0.1:$PORT" --wait_s 300 --image "$FRAME" \
+    --instruction "$TASK"
+$PY -m latent_pretraining.evaluate --server "http://127.0.0.1:$PORT" --episodes 3 --out "$OUT/eval_policy" \
+    --videos 1
+kill $SERVER && wait $SERVER 2>/dev/null || true
+trap - EXIT
+echo "== 7. VLA core: train, export a LAPA checkpoint, reload, generate latent actions"
 $PY -m latent_pretraining.demo --out "$OUT/vla" "$@"

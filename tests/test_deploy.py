@@ -421,3 +421,30 @@ def test_concurrent_requests_are_batched_and_each_equals_its_own_answer(server, 
     for (seed, task), answer in zip(cases, answers, strict=True):
         assert answer["action"] == reference(seed, task).actions[0].tolist()
     assert max(a["batch"] for a in answers) > 1  # some requests shared a model call
+
+
+def test_the_client_and_the_evaluator_get_the_policys_answers_through_the_server(server, bundle_dir, capsys):
+    from latent_pretraining.deploy.client import ServerError, ServerPolicy, wait_until_ready
+    from latent_pretraining.deploy.client import main as client_main
+    from latent_pretraining.evaluate import BundlePolicy, run_all
+    from latent_pretraining.policy.cli import BUILT_IN_FRAME, BUILT_IN_INSTRUCTION
+    from sim.env import EnvConfig, TabletopEnv
+
+    policy = Policy.from_pretrained(bundle_dir, mesh=make_mesh("1,1,1,1", devices=jax.devices()[:1]))
+    client_main(["--url", server["url"]])
+    printed = json.loads(capsys.readouterr().out)
+    frame = np.asarray(Image.open(BUILT_IN_FRAME).convert("RGB"))
+    expected = policy.sample_action([frame], [BUILT_IN_INSTRUCTION])[0]
+    assert printed["instruction"] == BUILT_IN_INSTRUCTION and list(printed["action"]) == list(ACTION_NAMES)
+    np.testing.assert_array_equal(list(printed["action"].values()), expected)
+    assert wait_until_ready(server["url"], 0)["action"]["names"] == list(ACTION_NAMES)
+    with pytest.raises(ServerError, match=r"answered 400: .*instruction"):
+        ServerPolicy(server["url"]).act(frame, " ")
+    with pytest.raises(SystemExit, match="did not answer 200 within 0 s"):
+        client_main(["--url", f"http://127.0.0.1:{_free_port()}"])
+
+    env = TabletopEnv(EnvConfig(max_steps=6))
+    both = {"remote": ServerPolicy(server["url"]), "local": BundlePolicy(policy)}
+    results = run_all(both, env, 1, ("push",), 0, None, 0)["policies"]
+    assert results["remote"]["overall"] == results["local"]["overall"]
+    assert results["remote"]["overall"]["mean_length"] > 0

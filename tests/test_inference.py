@@ -14,10 +14,14 @@ from PIL import Image
 from latent_pretraining.actions.spec import ACTION_NAMES, ACTION_UNITS
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.episodes import load_image
-from latent_pretraining.inference import BUILT_IN_FRAME, BUILT_IN_INSTRUCTION
 from latent_pretraining.inference import main as inference_main
 from latent_pretraining.policy.bundle import bundle_from_lapa
-from latent_pretraining.policy.cli import lapa_model_config, parse_lapa_dict
+from latent_pretraining.policy.cli import (
+    BUILT_IN_FRAME,
+    BUILT_IN_INSTRUCTION,
+    lapa_model_config,
+    parse_lapa_dict,
+)
 from latent_pretraining.policy.policy import Policy
 
 LAPA_DEPLOY_UPDATE = (  # LAPA's deploy.py default, as its users pass it
@@ -133,6 +137,8 @@ def test_missing_or_conflicting_flags_are_named(bundle, tmp_path):
         inference_main(
             ["--policy", str(bundle.directory), "--image", str(tmp_path / "absent.png"), "--instruction", "x"]
         )
+    with pytest.raises(SystemExit, match="--instruction is required with --image"):
+        inference_main(["--policy", str(bundle.directory), "--image", str(BUILT_IN_FRAME)])
     with pytest.raises(SystemExit, match="instruction 0: expected a task description"):
         inference_main(["--policy", str(bundle.directory), "--instruction", "  "])
 
