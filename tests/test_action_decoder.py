@@ -9,6 +9,7 @@ import pytest
 from helpers import run_reading_every_field
 
 from latent_pretraining.actions import decoder as action_decoder
+from latent_pretraining.actions.decoder import evaluate, load_decoder, load_rows
 from latent_pretraining.configs.action_decoder import get_config
 
 
@@ -53,6 +54,11 @@ def test_decoder_learns_actions_from_latent_codes(tmp_path, state_dim):
     assert last["eval_mae_0"] < 0.003 and last["eval_mae_5"] < 0.03
     assert last["eval_gripper_accuracy"] > 0.97
     assert (tmp_path / "run" / "summary.json").exists()
+    # the run leaves the decoder a policy bundle takes: it scores as the run's final evaluation did
+    saved = load_rows(str(tmp_path / "eval.jsonl"), config.model)
+    assert evaluate(load_decoder(tmp_path / "run" / "decoder"), saved) == pytest.approx(
+        {k.removeprefix("eval_"): v for k, v in last.items() if k.startswith("eval_")}, rel=1e-6
+    )
 
 
 def test_bad_rows_name_the_line(tmp_path):

@@ -31,6 +31,7 @@ from flax import nnx
 from latent_pretraining.actions.spec import ACTION_DIMS, DELTA_DIMS
 from latent_pretraining.core import loop
 from latent_pretraining.core.batches import BatchStream
+from latent_pretraining.core.files import write_together
 from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import compile_step, create_train_state, global_batch
@@ -73,12 +74,18 @@ class ActionDecoder(nnx.Module):
 
 
 def save_decoder(model: ActionDecoder, cfg: ml_collections.ConfigDict, directory: str | os.PathLike) -> None:
-    """Writes ``config.json`` (the model config) and ``params.npz`` (every variable by its path)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(cfg.to_json(indent=2))
+    """Writes ``config.json`` (the model config) and ``params.npz`` (every variable by its path), both
+    or neither (a directory written beside and renamed over ``directory``)."""
     flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
-    np.savez(directory / "params.npz", **flat)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        (tmp / "config.json").write_text(cfg.to_json(indent=2))
+        np.savez(tmp / "params.npz", **flat)
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    write_together([(directory, write)])
 
 
 def load_decoder(directory: str | os.PathLike) -> ActionDecoder:
@@ -193,6 +200,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     logger = loop.logger_for(config, run_dir)
     settings = loop.settings_for(config, "action decoder", "examples")
     state, last = loop.run(settings, compiled, state, stream, mesh, checkpointer, logger, eval_fn, start)
+    if jax.process_index() == 0:
+        save_decoder(nnx.merge(graphdef, state["params"], state["rest"]), config.model, run_dir / "decoder")
+        print(f"wrote {run_dir / 'decoder'} (for policy export --decoder)", flush=True)
     return last
 
 
