@@ -42,7 +42,7 @@ from latent_pretraining.policy.bundle import (
     read_bundle,
     write_bundle,
 )
-from latent_pretraining.policy.policy import Policy, euler_to_axangle
+from latent_pretraining.policy.policy import Policy, Sampling, euler_to_axangle
 from latent_pretraining.prompts import ACTION_FIELDS, LATENT_FIELDS, lapa_instruction
 from latent_pretraining.sampler import Sampler
 from latent_pretraining.sequences import SequenceBuilder, SequenceConfig, TextTokenizer
@@ -328,6 +328,22 @@ def test_a_bundle_of_lapa_files_samples_what_the_sampler_generates(tmp_path, sp_
     np.testing.assert_array_equal(policy.sample_latent(images, tasks), expected)
     with pytest.raises(ValueError, match="latent codes only and the bundle has no latent-to-action decoder"):
         policy.sample_action(images, tasks)
+    # LAPA's loose files load straight away, linked, not copied
+    loose = Policy.from_pretrained(
+        f"params::{tmp_path / 'params'}",
+        one_device,
+        vqgan=VQGAN_FILE,
+        tokenizer=sp_model,
+        model_config=tmp_path / "config.json",
+        vqgan_config=vqgan_config(),
+    )
+    assert (
+        loose.bundle.path("params").is_symlink()
+        and loose.bundle.path("params").resolve() == tmp_path / "params"
+    )
+    np.testing.assert_array_equal(loose.sample_latent(images, tasks), expected)
+    with pytest.raises(ValueError, match="go with a params:: file"):
+        Policy.from_pretrained(bundle.directory, one_device, vqgan=VQGAN_FILE)
 
 
 def test_a_latent_bundle_acts_through_its_decoder(written, tmp_path, sp_model, one_device):
@@ -441,3 +457,18 @@ def test_training_writes_a_bundle_equal_to_the_one_exported_afterwards(tmp_path,
     assert Policy.from_pretrained(exported.directory, mesh=one_device).sample_action(
         [np.asarray(Image.open(tmp_path / "images" / "0.png"))], [TASK]
     ).shape == (1, 7)
+
+
+def test_sampling_is_reproducible_constrained_and_top_1_is_greedy(policy):
+    images, tasks = _images(np.random.default_rng(8)), [TASK, "pick up the red cube"]
+    greedy = policy.sample_action(images, tasks)
+    top_1 = policy.sample_action(images, tasks, Sampling(temperature=1.0, top_k=1, rng=jax.random.key(0)))
+    np.testing.assert_array_equal(top_1, greedy)
+    hot = [Sampling(temperature=5.0, rng=jax.random.key(seed)) for seed in range(4)]
+    drawn = [policy.act(images, tasks, s).action_tokens for s in hot]
+    np.testing.assert_array_equal(policy.act(images, tasks, hot[0]).action_tokens, drawn[0])  # same key
+    assert len({d.tobytes() for d in drawn}) > 1  # different keys, different draws
+    for tokens in drawn:
+        assert (tokens < np.asarray(BINS_PER_DIM)).all()  # still only ids a bin can decode
+    with pytest.raises(ValueError, match="needs an explicit rng key"):
+        policy.sample_action(images, tasks, Sampling(temperature=1.0))

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import atexit
-import shutil
-import tempfile
 from pathlib import Path
 
 import ml_collections
@@ -19,7 +16,7 @@ from jax.sharding import Mesh
 
 from latent_pretraining.config import from_lapa_config, get_model_config
 from latent_pretraining.episodes import read_image
-from latent_pretraining.policy.bundle import BundleError, bundle_from_lapa
+from latent_pretraining.policy.bundle import BundleError
 from latent_pretraining.policy.policy import Policy
 
 BUILT_IN_FRAME = Path(__file__).parents[1] / "assets" / "tabletop.png"  # sim.env seed 1000000, 64 px
@@ -97,21 +94,17 @@ def policy_from_arguments(args: argparse.Namespace, mesh: Mesh | None = None) ->
     ):
         if path is not None and not path.is_file():
             raise BundleError(f"{path}: no such file ({flag})")
-    scratch = Path(tempfile.mkdtemp(prefix="lapa-policy-"))
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     statistics = args.action_scale_file.with_suffix(".json") if args.action_scale_file else None
-    bundle = bundle_from_lapa(
+    return Policy.from_pretrained(
         args.load_checkpoint,
-        args.vqgan_checkpoint,
-        args.vocab_file,
-        args.action_scale_file,
-        scratch / "policy",
-        lapa_model_config(args.load_llama_config, args.update_llama_config),
+        mesh,
+        vqgan=args.vqgan_checkpoint,
+        tokenizer=args.vocab_file,
+        model_config=lapa_model_config(args.load_llama_config, args.update_llama_config),
+        bins_csv=args.action_scale_file,
         statistics=statistics if statistics and statistics.is_file() else None,
         image_mode="center_crop" if args.image_aug else "resize",
-        link=True,
     )
-    return Policy.from_pretrained(bundle.directory, mesh)
 
 
 def lapa_model_config(load: str, update: str) -> ml_collections.ConfigDict:

@@ -10,11 +10,15 @@ per-step fields.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,7 +30,15 @@ from latent_pretraining.actions.decoder import ActionDecoder, load_decoder
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.lapa_checkpoint import load_lapa_params
 from latent_pretraining.model import Modality, VLAModel
-from latent_pretraining.policy.bundle import DECODER, PARAMS, TOKENIZER, VQGAN_PICKLE, Bundle, read_bundle
+from latent_pretraining.policy.bundle import (
+    DECODER,
+    PARAMS,
+    TOKENIZER,
+    VQGAN_PICKLE,
+    Bundle,
+    bundle_from_lapa,
+    read_bundle,
+)
 from latent_pretraining.sampler import Sampler
 from latent_pretraining.sequences import SequenceBuilder, TextTokenizer
 from latent_pretraining.vqgan.encode import Encoder
@@ -118,9 +130,26 @@ class Policy:
         self.instruction: str | None = None
 
     @classmethod
-    def from_pretrained(cls, bundle_dir: str | os.PathLike, mesh: Mesh | None = None) -> Policy:
-        """Reads and checks a bundle, then loads its parameters onto ``mesh`` (default: all devices)."""
-        bundle = read_bundle(bundle_dir)
+    def from_pretrained(
+        cls,
+        bundle_dir_or_params: str | os.PathLike,
+        mesh: Mesh | None = None,
+        **lapa_files: Any,
+    ) -> Policy:
+        """Reads and checks a bundle, then loads its parameters onto ``mesh`` (default: all devices).
+        A ``params::`` file instead of a bundle takes LAPA's other files as keywords (``vqgan``,
+        ``tokenizer``, ``model_config`` and optionally ``bins_csv``, ``statistics``, ``image_mode``;
+        see ``bundle_from_lapa``): they are linked into a temporary bundle, not copied."""
+        source = os.fspath(bundle_dir_or_params)
+        if source.startswith("params::"):
+            scratch = Path(tempfile.mkdtemp(prefix="lapa-policy-"))
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+            lapa_files.setdefault("bins_csv", None)
+            bundle = bundle_from_lapa(source, out_dir=scratch / "policy", link=True, **lapa_files)
+        elif lapa_files:
+            raise ValueError(f"{source}: LAPA's files ({', '.join(lapa_files)}) go with a params:: file")
+        else:
+            bundle = read_bundle(source)
         mesh = make_mesh() if mesh is None else mesh
         model = load_lapa_params(bundle.path(PARAMS), bundle.model, mesh=mesh)
         vqgan = load_lwm_vqgan(bundle.path(VQGAN_PICKLE), bundle.vqgan)
