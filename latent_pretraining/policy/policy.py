@@ -46,7 +46,7 @@ from latent_pretraining.vqgan.images import preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
 from latent_pretraining.vqgan.model import VQGAN
 
-IMAGE_BATCH = 8  # images per VQGAN call
+IMAGE_BATCHES = (1, 2, 4, 8)  # compiled VQGAN batch sizes: a lone image is not padded to eight
 
 
 def to_rgb(image: Any, where: str = "image") -> np.ndarray:
@@ -125,7 +125,10 @@ class Policy:
         self.bundle = bundle
         self.builder = SequenceBuilder(TextTokenizer(bundle.path(TOKENIZER)), bundle.sequence)
         self.sampler = Sampler(model, mesh)
-        self.encoder = Encoder(vqgan, IMAGE_BATCH)
+        self.encoders: dict[int, Encoder] = {}  # by compiled size (a multiple of the local devices)
+        for size in IMAGE_BATCHES:
+            encoder = Encoder(vqgan, size)
+            self.encoders.setdefault(encoder.batch_size, encoder)
         self.decoder = decoder
         self.instruction: str | None = None
 
@@ -169,9 +172,14 @@ class Policy:
         return self._encode(self.pixels(images))
 
     def _encode(self, pixels: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [self.encoder(pixels[s : s + IMAGE_BATCH]) for s in range(0, len(pixels), IMAGE_BATCH)]
-        )
+        """VQGAN codes of up to the largest compiled size at a time, each chunk at the smallest size
+        that holds it."""
+        largest = max(self.encoders)
+        codes = []
+        for start in range(0, len(pixels), largest):
+            chunk = pixels[start : start + largest]
+            codes.append(self.encoders[min(s for s in self.encoders if s >= len(chunk))](chunk))
+        return np.concatenate(codes)
 
     def prompts(
         self, vision: np.ndarray, instructions: Sequence[str], vocab: str
