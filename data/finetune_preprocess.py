@@ -14,13 +14,28 @@ records the scheme, bin counts, statistics and per-dimension round-trip error.
 
 No output may be an input or another output (checked before anything is read), and the
 three outputs are replaced together or not at all: a failure leaves the previous ones.
+
+Speed (the whole process, ``benchmarks/bench_finetune_preprocess.py``): orjson reads the
+input when it is installed (the standard library's ``json`` otherwise, and again whenever
+orjson's reading could differ from it or a row is invalid, so every result and message is
+``json``'s); a valid file is checked a column at a time, and each JSONL line is filled into
+a template of its row's keys, byte for byte what ``json.dumps`` writes. The cyclic garbage
+collector is paused while the rows are read and processed (they hold no cycles).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +47,36 @@ from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import check_output_paths, write_together
 from latent_pretraining.prompts import ACTION_FIELDS, wrap_question
 
+try:
+    import orjson
+except ImportError:  # optional: json reads the same rows, slower
+    orjson = None
+
 VERSION = 1
 FIELDS = ACTION_FIELDS
 IMAGE_TAG = "<image>\n"
+ADDED_KEYS = ("raw_actions", "action", "fields", "instruction")  # what each output row gains, in order
+# orjson reads an integer outside int64/uint64 as a float; json keeps it exact
+ORJSON_EXACT_LIMIT = 2.0**63
+
+_ID_IMAGE = itemgetter("id", "image")
+_CONVERSATIONS = itemgetter("conversations")
+_HUMAN, _GPT = itemgetter(0), itemgetter(1)
+_VALUE, _RAW_ACTIONS = itemgetter("value"), itemgetter("raw_actions")
+_TAIL = (
+    '"raw_actions": %s, "action": %s, "fields": '
+    + encode_basestring_ascii(FIELDS).replace("%", "%%")
+    + ', "instruction": %s}'
+)
 
 
 class InvalidRowError(ValueError):
     """A finetune row that cannot be used."""
+
+
+class _NeedsJsonError(Exception):
+    """Rows read by orjson that only json's reading may serve: an invalid row (its message quotes
+    the row), or a value orjson may have read differently (an integer outside 64 bits)."""
 
 
 def _structure_error(row: Any, index: int) -> str | None:
@@ -69,14 +107,41 @@ def _structure_error(row: Any, index: int) -> str | None:
     return None
 
 
-def _value_errors(rows: list[dict], actions: np.ndarray, convention: str) -> list[tuple[int, str]]:
-    """Rows with NaN/inf actions or a gripper outside its convention (vectorised checks)."""
+def _plain_columns(rows: list[Any]) -> tuple[list, list] | None:
+    """(questions, raw action lists) when every row is well formed with plain JSON types, as in a
+    valid file, checked a column at a time (no per-row Python code); None when some row needs the
+    per-row checks (``_structure_error``), which then name the first problem."""
+    try:
+        if set(map(type, rows)) != {dict}:
+            return None
+        deque(map(_ID_IMAGE, rows), maxlen=0)  # KeyError where a row lacks one
+        conversations = list(map(_CONVERSATIONS, rows))
+        if set(map(type, conversations)) != {list} or min(map(len, conversations)) < 2:
+            return None
+        human, gpt = list(map(_HUMAN, conversations)), list(map(_GPT, conversations))
+        if set(map(type, human)) != {dict} or set(map(type, gpt)) != {dict}:
+            return None
+        questions, raws = list(map(_VALUE, human)), list(map(_RAW_ACTIONS, gpt))
+    except KeyError:
+        return None
+    if set(map(type, raws)) != {list} or set(map(len, raws)) != {ACTION_DIMS}:
+        return None
+    if not set(map(type, chain.from_iterable(raws))) <= {float, int}:  # bool is neither
+        return None
+    return questions, raws
+
+
+def _value_errors(
+    rows: list[dict], keep: list[int], actions: np.ndarray, convention: str
+) -> list[tuple[int, str]]:
+    """Rows with NaN/inf actions or a gripper outside its convention (vectorised checks);
+    ``actions[i]`` belongs to ``rows[keep[i]]``."""
     lo, hi = GRIPPER_CONVENTIONS[convention]
     finite = np.isfinite(actions)
     gripper_ok = (actions[:, -1] >= lo) & (actions[:, -1] <= hi)
     errors = []
     for i in np.flatnonzero(~finite.all(axis=1) | ~gripper_ok):
-        where = f"row {rows[i]['_index']} (id {rows[i]['row']['id']})"
+        where = f"row {keep[i]} (id {rows[keep[i]]['id']})"
         if not finite[i].all():
             d = int(np.flatnonzero(~finite[i])[0])
             errors.append((i, f"{where}: 'raw_actions' {ACTION_NAMES[d]} is {actions[i, d]} (NaN/inf)"))
@@ -91,6 +156,20 @@ def _value_errors(rows: list[dict], actions: np.ndarray, convention: str) -> lis
     return errors
 
 
+@dataclass
+class _Prepared:
+    """The valid rows (``rows[keep[i]]``) with their questions, raw actions and bin ids."""
+
+    rows: list[Any]
+    keep: list[int]
+    questions: list[Any]
+    raws: list[list]
+    ids: list[list[int]]
+    plain_numbers: bool  # every raw action an exact float or int: str(list) is its JSON
+    bins: ActionBins
+    metadata: dict
+
+
 def preprocess(
     rows: list[Any],
     num_bins: int = 256,
@@ -100,44 +179,66 @@ def preprocess(
     skip_invalid: bool = False,
 ) -> tuple[list[dict], ActionBins, dict]:
     """Rows of LAPA's finetune JSON -> (JSONL rows, bins, metadata). Raises InvalidRowError."""
+    p = _prepare(rows, num_bins, scheme, gripper_convention, gripper_threshold, skip_invalid)
+    return _records(p), p.bins, p.metadata
+
+
+def _prepare(
+    rows: list[Any],
+    num_bins: int,
+    scheme: str,
+    gripper_convention: str,
+    gripper_threshold: float | None,
+    skip_invalid: bool,
+    from_orjson: bool = False,
+) -> _Prepared:
+    """``preprocess`` without building the output rows. ``from_orjson``: raise
+    ``_NeedsJsonError`` instead of naming or skipping an invalid row."""
     skipped: list[str] = []
-    kept = []
-    for index, row in enumerate(rows):
-        problem = _structure_error(row, index)
-        if problem is None:
-            kept.append({"_index": index, "row": row})
-        elif not skip_invalid:
-            raise InvalidRowError(problem)
-        else:
-            skipped.append(problem)
-    actions = np.array([k["row"]["conversations"][1]["raw_actions"] for k in kept], np.float64)
-    actions = actions.reshape(len(kept), ACTION_DIMS)
-    errors = _value_errors(kept, actions, gripper_convention)
+    columns = _plain_columns(rows)
+    if columns is not None:
+        keep = list(range(len(rows)))
+        questions, raws = columns
+    elif from_orjson:
+        raise _NeedsJsonError
+    else:
+        keep = []
+        for index, row in enumerate(rows):
+            problem = _structure_error(row, index)
+            if problem is None:
+                keep.append(index)
+            elif not skip_invalid:
+                raise InvalidRowError(problem)
+            else:
+                skipped.append(problem)
+        questions = [rows[i]["conversations"][0]["value"] for i in keep]
+        raws = [rows[i]["conversations"][1]["raw_actions"] for i in keep]
+    actions = np.fromiter(chain.from_iterable(raws), np.float64, len(raws) * ACTION_DIMS)
+    actions = actions.reshape(len(raws), ACTION_DIMS)
+    errors = _value_errors(rows, keep, actions, gripper_convention)
     if errors:
+        if from_orjson:
+            raise _NeedsJsonError
         if not skip_invalid:
             raise InvalidRowError(errors[0][1])
         skipped.extend(message for _, message in errors)
         bad = {i for i, _ in errors}
-        keep = np.array([i not in bad for i in range(len(kept))], bool)
-        kept = [k for k, ok in zip(kept, keep, strict=True) if ok]
-        actions = actions[keep]
-    if not kept:
+        mask = np.array([i not in bad for i in range(len(keep))], bool)
+        keep = [k for k, ok in zip(keep, mask, strict=True) if ok]
+        questions = [q for q, ok in zip(questions, mask, strict=True) if ok]
+        raws = [r for r, ok in zip(raws, mask, strict=True) if ok]
+        actions = actions[mask]
+    if not keep:
         raise InvalidRowError("no valid rows")
+    if from_orjson and np.abs(actions).max() >= ORJSON_EXACT_LIMIT:
+        raise _NeedsJsonError
+    plain = columns is not None or set(map(type, chain.from_iterable(raws))) <= {float, int}
     bins = ActionBins.fit(actions, num_bins, scheme, gripper_convention)
     if gripper_threshold is None:
         lo, hi = GRIPPER_CONVENTIONS[gripper_convention]
         gripper_threshold = (lo + hi) / 2.0
     ids, clipped = bins.encode(actions, gripper_threshold)
     error = np.abs(bins.decode(ids) - actions)
-    out = []
-    for k, row_ids in zip(kept, ids.tolist(), strict=True):
-        record = dict(k["row"])
-        convo = record.pop("conversations")
-        record["raw_actions"] = convo[1]["raw_actions"]
-        record["action"] = row_ids
-        record["fields"] = FIELDS
-        record["instruction"] = wrap_question(str(convo[0]["value"]).replace(IMAGE_TAG, ""))
-        out.append(record)
     metadata = {
         "version": VERSION,
         "scheme": scheme,
@@ -146,7 +247,7 @@ def preprocess(
         "edge_convention": "[edge[i], edge[i+1]), the last bin closed; values outside go to the end bins",
         "decode": "(edge[i] + edge[i+1]) / 2",
         "gripper": {"convention": gripper_convention, "threshold": gripper_threshold},
-        "rows": len(out),
+        "rows": len(keep),
         "skipped_rows": skipped,
         "statistics": {
             dim: {
@@ -163,7 +264,92 @@ def preprocess(
             for d, dim in enumerate(ACTION_NAMES)
         },
     }
-    return out, bins, metadata
+    return _Prepared(rows, keep, questions, raws, ids.tolist(), plain, bins, metadata)
+
+
+def _record(row: dict, row_ids: list[int]) -> dict:
+    """One output row: the input row's fields less ``conversations``, then ``ADDED_KEYS``."""
+    record = dict(row)
+    convo = record.pop("conversations")
+    record["raw_actions"] = convo[1]["raw_actions"]
+    record["action"] = row_ids
+    record["fields"] = FIELDS
+    record["instruction"] = wrap_question(str(convo[0]["value"]).replace(IMAGE_TAG, ""))
+    return record
+
+
+def _records(p: _Prepared) -> list[dict]:
+    return [_record(p.rows[index], row_ids) for index, row_ids in zip(p.keep, p.ids, strict=True)]
+
+
+def _template(layout: tuple) -> tuple[str, Callable[[dict], tuple]] | None:
+    """A ``%`` template of the JSON line of a row whose keys are ``layout``, and the getter of the
+    values it takes before the added ones; None for a layout it does not cover (a key that is not a
+    string, or an added key already in the row, which keeps its place)."""
+    keys = [k for k in layout if k != "conversations"]
+    if len(keys) < 2 or any(type(k) is not str or k in ADDED_KEYS for k in keys):
+        return None
+    head = "".join(encode_basestring_ascii(k).replace("%", "%%") + ": %s, " for k in keys)
+    return "{" + head + _TAIL, itemgetter(*keys)
+
+
+def _has_big_float(value: Any) -> bool:
+    """Whether a float that orjson may have read from an integer is in ``value``."""
+    if type(value) is float:
+        return abs(value) >= ORJSON_EXACT_LIMIT
+    if type(value) is list:
+        return any(map(_has_big_float, value))
+    if type(value) is dict:
+        return any(map(_has_big_float, value.values()))
+    return False
+
+
+def _encode_value(value: Any, from_orjson: bool) -> str:
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if from_orjson and _has_big_float(value):
+        raise _NeedsJsonError
+    return json.dumps(value)
+
+
+def _jsonl(p: _Prepared, from_orjson: bool = False) -> str:
+    """``"".join(json.dumps(r) + "\\n" for r in _records(p))``, byte for byte, without building the
+    records: each line fills its layout's template. ``from_orjson``: raise ``_NeedsJsonError`` at
+    a written float that orjson may have read from an integer."""
+    templates: dict[tuple, Any] = {}
+    instructions: dict[str, str] = {}
+    lines = []
+    for index, raw, row_ids, question in zip(p.keep, p.raws, p.ids, p.questions, strict=True):
+        row = p.rows[index]
+        layout = tuple(row)
+        entry = templates.get(layout, False)
+        if entry is False:
+            entry = templates[layout] = _template(layout)
+        if entry is None:
+            record = _record(row, row_ids)
+            if from_orjson and _has_big_float(record):
+                raise _NeedsJsonError
+            lines.append(json.dumps(record))
+            continue
+        template, getter = entry
+        values = getter(row)
+        try:
+            encoded = tuple(map(encode_basestring_ascii, values))
+        except TypeError:  # a value that is not a string
+            encoded = tuple(_encode_value(v, from_orjson) for v in values)
+        if type(question) is str:
+            instruction = instructions.get(question)
+            if instruction is None:
+                instruction = wrap_question(question.replace(IMAGE_TAG, ""))
+                instruction = instructions[question] = encode_basestring_ascii(instruction)
+        else:
+            if from_orjson and _has_big_float(question):
+                raise _NeedsJsonError
+            instruction = encode_basestring_ascii(wrap_question(str(question).replace(IMAGE_TAG, "")))
+        raw_json = str(raw) if p.plain_numbers else json.dumps(raw)
+        lines.append(template % (*encoded, raw_json, str(row_ids), instruction))
+    lines.append("")
+    return "\n".join(lines)
 
 
 def add_vision(
@@ -192,6 +378,44 @@ def add_vision(
     out[:] = keep
     metadata["rows"] = len(out)
     metadata["vision_tokens_per_image"] = len(out[0]["vision"]) if out else 0
+
+
+def _read_rows(path: Path, orjson_first: bool = True) -> tuple[list, bool]:
+    """The rows of the input file, and whether orjson read them. orjson reads what json reads,
+    faster, except what it refuses (NaN, Infinity, an overflowing number, a lone surrogate) and
+    integers outside 64 bits (read as floats: see ``ORJSON_EXACT_LIMIT``). json reads again anything
+    orjson refuses or that is not a non-empty array, so every message here is json's."""
+    if orjson_first and orjson is not None:
+        try:
+            rows = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            rows = None
+        if type(rows) is list and rows:
+            return rows, True
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: unreadable JSON: {e}") from None
+    if not isinstance(rows, list):
+        raise SystemExit(f"{path}: expected a JSON array of rows, got {type(rows).__name__}")
+    if not rows:
+        raise SystemExit(f"{path}: the array holds no rows; nothing was written")
+    return rows, False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: reading a large file makes millions of objects, none in
+    a cycle, and the collector would pass over them again and again (about half the parse time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,43 +464,46 @@ def _run(args: argparse.Namespace) -> None:
             "--metadata": metadata_path,
         },
     )
+    settings = (
+        args.discretize_bins,
+        args.binning,
+        args.gripper_convention,
+        args.gripper_threshold,
+        args.skip_invalid,
+    )
     try:
-        rows = json.loads(args.input_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise SystemExit(f"{args.input_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{args.input_path}: unreadable JSON: {e}") from None
-    if not isinstance(rows, list):
-        raise SystemExit(f"{args.input_path}: expected a JSON array of rows, got {type(rows).__name__}")
-    if not rows:
-        raise SystemExit(f"{args.input_path}: the array holds no rows; nothing was written")
-    try:
-        out, bins, metadata = preprocess(
-            rows,
-            args.discretize_bins,
-            args.binning,
-            args.gripper_convention,
-            args.gripper_threshold,
-            args.skip_invalid,
-        )
+        with _collector_paused():
+            # the VQGAN run reads with json alone: orjson's speed is nothing beside the encoder
+            rows, from_orjson = _read_rows(args.input_path, args.vqgan_checkpoint is None)
+            try:
+                prepared = _prepare(rows, *settings, from_orjson=from_orjson)
+                text = _jsonl(prepared, from_orjson) if args.vqgan_checkpoint is None else ""
+            except _NeedsJsonError:
+                rows, _ = _read_rows(args.input_path, False)
+                prepared = _prepare(rows, *settings)
+                text = _jsonl(prepared)
+            del rows
+        metadata, rows_written = prepared.metadata, len(prepared.keep)
         if args.vqgan_checkpoint is not None:
+            out = _records(prepared)
             add_vision(
                 out, metadata, args.vqgan_checkpoint, args.vqgan_config, args.image_root, args.skip_invalid
             )
+            text, rows_written = "".join(json.dumps(r) + "\n" for r in out), len(out)
     except InvalidRowError as e:
         raise SystemExit(
             f"{args.input_path}: {e}; nothing was written (--skip_invalid skips such rows)"
         ) from None
     write_together(
         [
-            (args.output_filename, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in out))),
-            (args.csv_filename, bins.to_csv),
+            (args.output_filename, lambda p: p.write_text(text, encoding="utf-8")),
+            (args.csv_filename, prepared.bins.to_csv),
             (metadata_path, lambda p: p.write_text(json.dumps(metadata, indent=2))),
         ]
     )
     took = time.perf_counter() - start
     print(
-        f"wrote {len(out)} rows to {args.output_filename}, bins to {args.csv_filename}, "
+        f"wrote {rows_written} rows to {args.output_filename}, bins to {args.csv_filename}, "
         f"metadata to {metadata_path} in {took:.2f}s"
         + (
             f"; skipped {len(metadata['skipped_rows'])}: {metadata['skipped_rows'][:3]}"
