@@ -31,8 +31,7 @@ import gc
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from itertools import chain
 from json.encoder import encode_basestring_ascii
 from operator import itemgetter
@@ -64,7 +63,7 @@ _CONVERSATIONS = itemgetter("conversations")
 _HUMAN, _GPT = itemgetter(0), itemgetter(1)
 _VALUE, _RAW_ACTIONS = itemgetter("value"), itemgetter("raw_actions")
 _TAIL = (
-    '"raw_actions": %s, "action": %s, "fields": '
+    '"raw_actions": [%s], "action": [%s], "fields": '
     + encode_basestring_ascii(FIELDS).replace("%", "%%")
     + ', "instruction": %s}'
 )
@@ -156,18 +155,24 @@ def _value_errors(
     return errors
 
 
-@dataclass
 class _Prepared:
     """The valid rows (``rows[keep[i]]``) with their questions, raw actions and bin ids."""
 
-    rows: list[Any]
-    keep: list[int]
-    questions: list[Any]
-    raws: list[list]
-    ids: list[list[int]]
-    plain_numbers: bool  # every raw action an exact float or int: str(list) is its JSON
-    bins: ActionBins
-    metadata: dict
+    def __init__(
+        self,
+        rows: list[Any],
+        keep: list[int],
+        questions: list[Any],
+        raws: list[list],
+        actions: np.ndarray,
+        bins: ActionBins,
+        ids: np.ndarray,
+        metadata: dict,
+        plain_numbers: bool,
+    ):
+        self.rows, self.keep, self.questions, self.raws = rows, keep, questions, raws
+        self.actions, self.bins, self.ids, self.metadata = actions, bins, ids, metadata
+        self.plain_numbers = plain_numbers  # every raw action an exact float or int (and finite)
 
 
 def preprocess(
@@ -232,7 +237,6 @@ def _prepare(
         raise InvalidRowError("no valid rows")
     if from_orjson and np.abs(actions).max() >= ORJSON_EXACT_LIMIT:
         raise _NeedsJsonError
-    plain = columns is not None or set(map(type, chain.from_iterable(raws))) <= {float, int}
     bins = ActionBins.fit(actions, num_bins, scheme, gripper_convention)
     if gripper_threshold is None:
         lo, hi = GRIPPER_CONVENTIONS[gripper_convention]
@@ -264,7 +268,8 @@ def _prepare(
             for d, dim in enumerate(ACTION_NAMES)
         },
     }
-    return _Prepared(rows, keep, questions, raws, ids.tolist(), plain, bins, metadata)
+    plain = columns is not None or set(map(type, chain.from_iterable(raws))) <= {float, int}
+    return _Prepared(rows, keep, questions, raws, actions, bins, ids, metadata, plain)
 
 
 def _record(row: dict, row_ids: list[int]) -> dict:
@@ -279,18 +284,18 @@ def _record(row: dict, row_ids: list[int]) -> dict:
 
 
 def _records(p: _Prepared) -> list[dict]:
-    return [_record(p.rows[index], row_ids) for index, row_ids in zip(p.keep, p.ids, strict=True)]
+    return [_record(p.rows[index], row_ids) for index, row_ids in zip(p.keep, p.ids.tolist(), strict=True)]
 
 
-def _template(layout: tuple) -> tuple[str, Callable[[dict], tuple]] | None:
-    """A ``%`` template of the JSON line of a row whose keys are ``layout``, and the getter of the
+def _template(layout: tuple) -> tuple[str, list[str]] | None:
+    """A ``%`` template of the JSON line of a row whose keys are ``layout``, and the keys whose
     values it takes before the added ones; None for a layout it does not cover (a key that is not a
     string, or an added key already in the row, which keeps its place)."""
     keys = [k for k in layout if k != "conversations"]
     if len(keys) < 2 or any(type(k) is not str or k in ADDED_KEYS for k in keys):
         return None
     head = "".join(encode_basestring_ascii(k).replace("%", "%%") + ": %s, " for k in keys)
-    return "{" + head + _TAIL, itemgetter(*keys)
+    return "{" + head + _TAIL, keys
 
 
 def _has_big_float(value: Any) -> bool:
@@ -312,42 +317,107 @@ def _encode_value(value: Any, from_orjson: bool) -> str:
     return json.dumps(value)
 
 
+def _encode_column(values: list, from_orjson: bool) -> list[str]:
+    if set(map(type, values)) == {str}:
+        return list(map(encode_basestring_ascii, values))
+    return [_encode_value(v, from_orjson) for v in values]
+
+
+def _instructions(questions: list, from_orjson: bool) -> list[str]:
+    """The JSON of each row's ``instruction``, once per distinct question."""
+    encoded: dict[str, str] = {}
+    for q in dict.fromkeys(q for q in questions if type(q) is str):
+        encoded[q] = encode_basestring_ascii(wrap_question(q.replace(IMAGE_TAG, "")))
+    if set(map(type, questions)) == {str}:
+        return list(map(encoded.__getitem__, questions))
+    out = []
+    for q in questions:
+        if type(q) is str:
+            out.append(encoded[q])
+            continue
+        if from_orjson and _has_big_float(q):
+            raise _NeedsJsonError
+        out.append(encode_basestring_ascii(wrap_question(str(q).replace(IMAGE_TAG, ""))))
+    return out
+
+
+# orjson writes a float as repr does (shortest round trip, the same digits) but for |x| < 1e-4:
+# 0.000012 and 1e-7 where repr writes 1.2e-05 and 1e-07; rows holding such values, or values of
+# 1e16 or more (repr's exponent form), take repr
+_REPR_BELOW, _REPR_FROM = 1e-4, 1e16
+
+
+def _number_lists(lists: list[list] | np.ndarray, repr_rows: np.ndarray | None = None) -> list[str]:
+    """``json.dumps(x)[1:-1]`` for each non-empty list ``x`` of exact ints and finite floats (an
+    int array: its rows), from one orjson call; ``str(x)[1:-1]`` for the rows in ``repr_rows``."""
+    if orjson is not None:
+        try:
+            text = orjson.dumps(lists, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:  # an integer outside 64 bits
+            pass
+        else:
+            out = text.replace(b",", b", ")[2:-2].decode("ascii").split("], [")
+            for i in [] if repr_rows is None else repr_rows.tolist():
+                out[i] = str(lists[i])[1:-1]
+            return out
+    return [str(x)[1:-1] for x in (lists.tolist() if isinstance(lists, np.ndarray) else lists)]
+
+
+def _raw_action_lists(p: _Prepared) -> list[str]:
+    if not p.plain_numbers:
+        return [json.dumps(raw)[1:-1] for raw in p.raws]
+    size = np.abs(p.actions)
+    odd = ((size < _REPR_BELOW) & (size != 0.0)) | (size >= _REPR_FROM)
+    return _number_lists(p.raws, np.flatnonzero(odd.any(axis=1)))
+
+
+def _layout_lines(
+    layout: tuple,
+    rows: list[dict],
+    raws: list[str],
+    ids: list[str],
+    instructions: list[str],
+    id_array: np.ndarray,
+    from_orjson: bool,
+) -> list[str]:
+    """The JSON lines of rows whose keys are ``layout``, from the JSON of their added values."""
+    entry = _template(layout)
+    if entry is None:
+        records = [_record(row, row_ids) for row, row_ids in zip(rows, id_array.tolist(), strict=True)]
+        if from_orjson and _has_big_float(records):
+            raise _NeedsJsonError
+        return list(map(json.dumps, records))
+    template, keys = entry
+    columns = [_encode_column(list(map(itemgetter(k), rows)), from_orjson) for k in keys]
+    return list(map(template.__mod__, zip(*columns, raws, ids, instructions, strict=True)))
+
+
 def _jsonl(p: _Prepared, from_orjson: bool = False) -> str:
     """``"".join(json.dumps(r) + "\\n" for r in _records(p))``, byte for byte, without building the
-    records: each line fills its layout's template. ``from_orjson``: raise ``_NeedsJsonError`` at
-    a written float that orjson may have read from an integer."""
-    templates: dict[tuple, Any] = {}
-    instructions: dict[str, str] = {}
-    lines = []
-    for index, raw, row_ids, question in zip(p.keep, p.raws, p.ids, p.questions, strict=True):
-        row = p.rows[index]
-        layout = tuple(row)
-        entry = templates.get(layout, False)
-        if entry is False:
-            entry = templates[layout] = _template(layout)
-        if entry is None:
-            record = _record(row, row_ids)
-            if from_orjson and _has_big_float(record):
-                raise _NeedsJsonError
-            lines.append(json.dumps(record))
-            continue
-        template, getter = entry
-        values = getter(row)
-        try:
-            encoded = tuple(map(encode_basestring_ascii, values))
-        except TypeError:  # a value that is not a string
-            encoded = tuple(_encode_value(v, from_orjson) for v in values)
-        if type(question) is str:
-            instruction = instructions.get(question)
-            if instruction is None:
-                instruction = wrap_question(question.replace(IMAGE_TAG, ""))
-                instruction = instructions[question] = encode_basestring_ascii(instruction)
-        else:
-            if from_orjson and _has_big_float(question):
-                raise _NeedsJsonError
-            instruction = encode_basestring_ascii(wrap_question(str(question).replace(IMAGE_TAG, "")))
-        raw_json = str(raw) if p.plain_numbers else json.dumps(raw)
-        lines.append(template % (*encoded, raw_json, str(row_ids), instruction))
+    records: the rows of each layout (their keys, in order) fill its template a column at a time.
+    ``from_orjson``: raise ``_NeedsJsonError`` at a written float that orjson may have read from
+    an integer."""
+    rows = p.rows if len(p.keep) == len(p.rows) else list(map(p.rows.__getitem__, p.keep))
+    raws = _raw_action_lists(p)
+    ids = _number_lists(p.ids)
+    instructions = _instructions(p.questions, from_orjson)
+    layouts = list(map(tuple, rows))
+    if len(set(layouts)) == 1:  # as in a file that one program wrote
+        lines = _layout_lines(layouts[0], rows, raws, ids, instructions, p.ids, from_orjson)
+    else:
+        groups: dict[tuple, list[int]] = {}
+        for i, layout in enumerate(layouts):
+            groups.setdefault(layout, []).append(i)
+        lines = [""] * len(rows)
+        for layout, positions in groups.items():
+            group = _layout_lines(
+                layout,
+                *([column[i] for i in positions] for column in (rows, raws, ids, instructions)),
+                p.ids[positions],
+                from_orjson,
+            )
+            for i, line in zip(positions, group, strict=True):
+                lines[i] = line
     lines.append("")
     return "\n".join(lines)
 
@@ -496,7 +566,7 @@ def _run(args: argparse.Namespace) -> None:
         ) from None
     write_together(
         [
-            (args.output_filename, lambda p: p.write_text(text, encoding="utf-8")),
+            (args.output_filename, lambda p: p.write_bytes(text.encode("ascii"))),
             (args.csv_filename, prepared.bins.to_csv),
             (metadata_path, lambda p: p.write_text(json.dumps(metadata, indent=2))),
         ]
