@@ -314,3 +314,55 @@ def test_bad_files_are_clear_errors(tmp_path, content, message):
     with pytest.raises(SystemExit, match=message):
         main(_cli(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]
+
+
+def _odd_rows() -> list[dict]:
+    """Rows that the fast paths must write exactly as json.dumps: several key layouts, strings to
+    escape, values that are not strings, a question that is not one, and raw actions whose repr
+    differs from orjson's (|x| < 1e-4, >= 1e16) or that are ints."""
+    values = [1e-5, 3e-7, 1e-4, 9.99e-6, 0.0, -0.0, 1e16, 7, -2, 0.0001234, 10.00001, 5e-324, 0.25]
+    rows = _rows(60)
+    for i, row in enumerate(rows):
+        raw = row["conversations"][1]["raw_actions"]
+        raw[:6] = [values[(3 * i + d) % len(values)] for d in range(6)]
+        raw[6] = i % 2  # an int gripper stays an int
+        row["id"] = ["é", "日本", "😀", 'q"u\\o\n\x01', "50%"][i % 5] + str(i)
+        if i % 4 == 0:
+            rows[i] = row = {"conversations": row.pop("conversations"), **row, '%k"e': {"n": [1.5, None]}}
+        if i % 9 == 0:
+            row["fields"] = "kept in place"
+        if i == 5:
+            row["conversations"][0]["value"] = ["not", "a string"]
+    return rows
+
+
+@pytest.mark.parametrize("parser", ["orjson", "json"])
+def test_jsonl_is_what_json_dumps_writes(tmp_path, monkeypatch, parser):
+    import data.finetune_preprocess as fp
+
+    if parser == "json":
+        monkeypatch.setattr(fp, "orjson", None)
+    rows = _odd_rows()
+    (tmp_path / "in.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    main(_cli(tmp_path, "--discretize_bins", "8"))
+    out, _, _ = preprocess(rows, 8)
+    assert (tmp_path / "out.jsonl").read_text() == "".join(json.dumps(r) + "\n" for r in out)
+
+
+def test_what_orjson_reads_otherwise_is_read_by_json(tmp_path):
+    """Integers outside 64 bits (orjson: floats), NaN outside the actions (orjson: refused) and
+    a message naming an invalid row: as json reads the file."""
+    rows = _rows(20)
+    rows[2]["extra"] = 10**30
+    rows[3]["extra"] = float("nan")
+    rows[4]["conversations"][1]["raw_actions"][0] = -(10**20)
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    main(_cli(tmp_path, "--discretize_bins", "4"))
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert '"extra": 1000000000000000000000000000000,' in lines[2] and '"extra": NaN,' in lines[3]
+    assert '"raw_actions": [-100000000000000000000, ' in lines[4]
+    rows[6]["id"] = 10**25
+    rows[6]["conversations"][1]["raw_actions"][6] = 5.0
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    with pytest.raises(SystemExit, match=r"row 6 \(id 10000000000000000000000000\): gripper 5.0"):
+        main(_cli(tmp_path))
