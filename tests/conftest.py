@@ -14,6 +14,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path
 
+# JAX's persistent compilation cache, in pytest's cache folder: a program compiled once is reused
+# by later tests and test processes (a kill-and-resume test compiles one train step three times).
+# A fresh clone starts empty; an unreadable entry is recompiled (JAX warns).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
 import jax
 import pytest
 
