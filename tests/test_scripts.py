@@ -45,6 +45,7 @@ def test_bench_vla_reports_training_and_generation(tmp_path):
             str(REPO_ROOT / "benchmarks" / "bench_vla.py"),
             f"--config={REPO_ROOT / 'latent_pretraining/configs/vla.py'}:debug",
             "--config.model.vision_vocab_size=512",
+            "--objective=lapa_work",
             "--batch=2",
             "--seq_len=64",
             "--steps=2",
@@ -58,14 +59,40 @@ def test_bench_vla_reports_training_and_generation(tmp_path):
     gen = [r for r in rows if r["kind"] == "generate"]
     assert len(train) == 1 and train[0]["tokens_per_s"] > 0 and train[0]["tflops_per_s"] > 0
     assert train[0]["mfu"] is None  # CPUs have no peak figure
-    assert {(r["vocab"], r["new_tokens"], r["batch"]) for r in gen} == {
-        ("latent", 4, 1),
-        ("action", 7, 1),
-        ("latent", 4, 8),
-        ("action", 7, 8),
+    # LAPA's finetune job: the action loss, every other head computed, its optimizer
+    assert train[0]["loss_heads"] == ["action"] and train[0]["forward_heads"] == ["text", "vision", "latent"]
+    assert train[0]["optimizer"]["learning_rate"] == 2e-5 and train[0]["optimizer"]["schedule"] == "constant"
+    assert train[0]["model"].startswith("custom (hidden 64")  # the override is not called "debug"
+    assert {(r["vocab"], r["new_tokens"], r["batch"], r["padding"], r["padded_len"]) for r in gen} == {
+        (vocab, n, batch, padding, length)
+        for vocab, n in (("latent", 4), ("action", 7))
+        for batch in (1, 8)
+        for padding, length in (("bucket", 64), ("exact", 40))
     }
     assert all(r["latency_ms"] > 0 for r in gen)
     assert "memory report before step 0" in stdout
+
+
+def test_bench_vla_counts_the_flops_of_the_heads_it_trains_and_runs():
+    import importlib.util
+
+    from latent_pretraining.config import get_model_config
+
+    spec = importlib.util.spec_from_file_location("bench_vla", REPO_ROOT / "benchmarks" / "bench_vla.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = get_model_config("debug")
+    cfg.update(hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2, num_kv_heads=1)
+    cfg.update(text_vocab_size=100, vision_vocab_size=50, latent_vocab_size=8, action_vocab_size=20)
+    # per layer: q and o 8x8 each, k and v 8x4 each, gate/up/down 8x16 each = 128 + 64 + 384 = 576
+    layers = 2 * 576
+    assert bench.layer_params(cfg) == layers
+    seq = 10
+    attention = 12 * 2 * 8 * seq
+    assert bench.train_flops_per_token(cfg, seq, ("action",), ()) == 6 * (layers + 8 * 20) + attention
+    assert bench.train_flops_per_token(cfg, seq, ("action",), ("text", "latent")) == (
+        6 * (layers + 8 * 20) + 2 * 8 * 108 + attention
+    )
 
 
 def test_bench_attention_reports_xla(tmp_path):
