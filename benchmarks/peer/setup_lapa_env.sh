@@ -44,7 +44,8 @@ done
 }
 
 "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
+# lapa_constraints.txt pins every transitive package to what the measured table used
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -c "$here/lapa_constraints.txt")
 # the JAX side; orbax/tensorstore/opencv pinned to releases that still accept numpy 1.26 and jax 0.4.23
 "${pip[@]}" \
     jax==0.4.23 jaxlib==0.4.23 flax==0.7.0 optax==0.1.7 chex==0.1.82 \
@@ -60,5 +61,5 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
     echo "LAPA_SRC=$LAPA_SRC"
     echo "TUX_SRC=$TUX_SRC"
 } >"$venv/lapa_sources.env"
-PYTHONPATH="$LAPA_SRC:$LAPA_SRC/laq:$TUX_SRC" "$venv/bin/python" "$here/lapa_side.py" --check
+JAX_PLATFORMS=cpu "$venv/bin/python" "$here/lapa_side.py" --check --lapa_src "$LAPA_SRC" --tux_src "$TUX_SRC"
 echo "ready: $venv (sources recorded in $venv/lapa_sources.env)"
