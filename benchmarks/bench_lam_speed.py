@@ -1,9 +1,15 @@
-"""Latent action model training throughput (frame pairs/s) at the ``lapa`` and ``small`` presets.
+"""Latent action model training throughput (frame pairs/s) and compile time at LAM presets.
 
-    python benchmarks/bench_lam_speed.py [--presets lapa,small] [--batch 8] [--steps 5] [--dtype float32]
+    python benchmarks/bench_lam_speed.py [--presets lapa,small] [--batch 8] [--steps 5] [--dtype float32] \
+        [--model dim=256 --model spatial_depth=4 ...]
+    # LAPA's LAQ architecture at 64 px (10.8M parameters), as the peer harness times it in PyTorch:
+    python benchmarks/bench_lam_speed.py --presets lapa --model image_size=64 --model patch_size=8 \
+        --model dim=256 --model spatial_depth=4 --model temporal_depth=4 --model heads=8 --model dim_head=32
 
-Times the compiled train step of ``lam.train`` (random frames already on the devices, data
-parallel over all local devices) after one warm-up step. Prints a table and JSON lines.
+Times the compiled train step of ``lam.train`` (AOT compile time, then the median of --steps steps
+after one warm-up step; random frames already on the devices, data parallel over all local
+devices). ``--model key=value`` overrides the presets' model fields (a preset so changed is
+labelled ``<preset>+custom``). Prints a table and JSON lines.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 
 import jax
 import numpy as np
-from report import print_report
+from report import override_model, print_report
 
 from lam.configs.lam import get_config
 from lam.model import LatentActionModel
@@ -25,9 +31,10 @@ from latent_pretraining.core.state import compile_step, create_train_state, glob
 from latent_pretraining.core.step import make_train_step
 
 
-def bench(preset: str, batch: int, steps: int, dtype: str) -> dict:
+def bench(preset: str, batch: int, steps: int, dtype: str, overrides: list[str]) -> dict:
     config = get_config(f"{preset},nsvq")
     config.model.dtype = dtype
+    override_model(config.model, overrides)
     mesh = make_mesh(f"{jax.device_count()},1,1,1")
     batch = -(-batch // mesh.size) * mesh.size
     size = config.model.image_size
@@ -52,7 +59,7 @@ def bench(preset: str, batch: int, steps: int, dtype: str) -> dict:
     median = statistics.median(times)
     params = sum(x.size for x in jax.tree.leaves(state["params"]))
     return {
-        "preset": preset,
+        "preset": f"{preset}+custom" if overrides else preset,
         "params_m": round(params / 1e6, 1),
         "image_size": size,
         "batch": batch,
@@ -60,6 +67,7 @@ def bench(preset: str, batch: int, steps: int, dtype: str) -> dict:
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
         "compile_s": round(compile_s, 1),
         "step_s": round(median, 3),
+        "times_s": [round(t, 4) for t in times],
         "pairs_per_s": round(batch / median, 1),
     }
 
@@ -68,11 +76,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="lapa,small")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (at least 5 for a median)")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--model", action="append", default=[], help="key=value of the model config")
     args = p.parse_args()
-    rows = [bench(preset, args.batch, args.steps, args.dtype) for preset in args.presets.split(",")]
-    cols = list(rows[0])
+    rows = [
+        bench(preset, args.batch, args.steps, args.dtype, args.model) for preset in args.presets.split(",")
+    ]
+    cols = [c for c in rows[0] if c != "times_s"]
     print_report(rows, cols)
 
 
