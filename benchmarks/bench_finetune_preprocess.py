@@ -110,11 +110,11 @@ def whole_process(folder: Path, bins: int, repeats: int, hide_orjson: bool) -> d
         cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if done.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return {
-        "wall": walls,
-        "cpu": cpus,
-        "outputs": [(folder / f"{tag}{suffix}").read_bytes() for suffix in (".jsonl", ".csv", ".json")],
-    }
+        outputs = [folder / f"{tag}{suffix}" for suffix in (".jsonl", ".csv", ".json")]
+        written = [p.read_bytes() for p in outputs]
+        for p in outputs:  # each run writes new files, as a user's does (no old output to replace)
+            p.unlink()
+    return {"wall": walls, "cpu": cpus, "outputs": written}
 
 
 def timed(function, repeats: int) -> list[float]:

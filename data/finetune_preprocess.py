@@ -33,9 +33,8 @@ import os
 import sys
 import time
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import chain
+from itertools import chain, repeat
 from json.encoder import encode_basestring_ascii
 from operator import itemgetter
 from pathlib import Path
@@ -61,15 +60,17 @@ ADDED_KEYS = ("raw_actions", "action", "fields", "instruction")  # what each out
 # orjson reads an integer outside int64/uint64 as a float; json keeps it exact
 ORJSON_EXACT_LIMIT = 2.0**63
 
-_ID_IMAGE = itemgetter("id", "image")
+_REQUIRED = {"id", "image", "conversations"}
 _CONVERSATIONS = itemgetter("conversations")
 _HUMAN, _GPT = itemgetter(0), itemgetter(1)
 _VALUE, _RAW_ACTIONS = itemgetter("value"), itemgetter("raw_actions")
-_TAIL = (
-    '"raw_actions": [%s], "action": [%s], "fields": '
-    + encode_basestring_ascii(FIELDS).replace("%", "%%")
-    + ', "instruction": %s}'
-)
+# what a line holds after the row's own fields, around its raw actions, ids and instruction
+_TAIL = [
+    ', "raw_actions": [',
+    '], "action": [',
+    f'], "fields": {encode_basestring_ascii(FIELDS)}, "instruction": ',
+    "}\n",
+]
 
 
 class InvalidRowError(ValueError):
@@ -109,14 +110,17 @@ def _structure_error(row: Any, index: int) -> str | None:
     return None
 
 
-def _plain_columns(rows: list[Any]) -> tuple[list, list] | None:
-    """(questions, raw action lists) when every row is well formed with plain JSON types, as in a
-    valid file, checked a column at a time (no per-row Python code); None when some row needs the
-    per-row checks (``_structure_error``), which then name the first problem."""
+def _plain_columns(rows: list[Any]) -> tuple[list, list, list] | None:
+    """(questions, raw action lists, layouts: each row's keys in order) when every row is well
+    formed with plain JSON types, as in a valid file, checked a column at a time (no per-row Python
+    code); None when some row needs the per-row checks (``_structure_error``), which then name the
+    first problem."""
     try:
         if set(map(type, rows)) != {dict}:
             return None
-        deque(map(_ID_IMAGE, rows), maxlen=0)  # KeyError where a row lacks one
+        layouts = list(map(tuple, rows))
+        if any(not set(layout) >= _REQUIRED for layout in set(layouts)):
+            return None
         conversations = list(map(_CONVERSATIONS, rows))
         if set(map(type, conversations)) != {list} or min(map(len, conversations)) < 2:
             return None
@@ -130,7 +134,7 @@ def _plain_columns(rows: list[Any]) -> tuple[list, list] | None:
         return None
     if not set(map(type, chain.from_iterable(raws))) <= {float, int}:  # bool is neither
         return None
-    return questions, raws
+    return questions, raws, layouts
 
 
 def _value_errors(
@@ -172,10 +176,12 @@ class _Prepared:
         ids: np.ndarray,
         metadata: dict,
         plain_numbers: bool,
+        layouts: list[tuple] | None,
     ):
         self.rows, self.keep, self.questions, self.raws = rows, keep, questions, raws
         self.actions, self.bins, self.ids, self.metadata = actions, bins, ids, metadata
         self.plain_numbers = plain_numbers  # every raw action an exact float or int (and finite)
+        self.layouts = layouts  # each kept row's keys, in order (None: not known yet)
 
 
 def preprocess(
@@ -206,11 +212,11 @@ def _prepare(
     columns = _plain_columns(rows)
     if columns is not None:
         keep = list(range(len(rows)))
-        questions, raws = columns
+        questions, raws, layouts = columns
     elif from_orjson:
         raise _NeedsJsonError
     else:
-        keep = []
+        keep, layouts = [], None
         for index, row in enumerate(rows):
             problem = _structure_error(row, index)
             if problem is None:
@@ -235,6 +241,7 @@ def _prepare(
         keep = [k for k, ok in zip(keep, mask, strict=True) if ok]
         questions = [q for q, ok in zip(questions, mask, strict=True) if ok]
         raws = [r for r, ok in zip(raws, mask, strict=True) if ok]
+        layouts = None if layouts is None else [x for x, ok in zip(layouts, mask, strict=True) if ok]
         actions = actions[mask]
     if not keep:
         raise InvalidRowError("no valid rows")
@@ -272,7 +279,7 @@ def _prepare(
         },
     }
     plain = columns is not None or set(map(type, chain.from_iterable(raws))) <= {float, int}
-    return _Prepared(rows, keep, questions, raws, actions, bins, ids, metadata, plain)
+    return _Prepared(rows, keep, questions, raws, actions, bins, ids, metadata, plain, layouts)
 
 
 def _record(row: dict, row_ids: list[int]) -> dict:
@@ -290,15 +297,16 @@ def _records(p: _Prepared) -> list[dict]:
     return [_record(p.rows[index], row_ids) for index, row_ids in zip(p.keep, p.ids.tolist(), strict=True)]
 
 
-def _template(layout: tuple) -> tuple[str, list[str]] | None:
-    """A ``%`` template of the JSON line of a row whose keys are ``layout``, and the keys whose
-    values it takes before the added ones; None for a layout it does not cover (a key that is not a
-    string, or an added key already in the row, which keeps its place)."""
+def _template(layout: tuple) -> tuple[list[str], list[str]] | None:
+    """The text of the JSON line of a row whose keys are ``layout`` around its values (one piece
+    more than values), and the keys whose values it takes before the added ones; None for a layout
+    it does not cover (a key that is not a string, or an added key already in the row, which then
+    keeps its place)."""
     keys = [k for k in layout if k != "conversations"]
-    if len(keys) < 2 or any(type(k) is not str or k in ADDED_KEYS for k in keys):
+    if not keys or any(type(k) is not str or k in ADDED_KEYS for k in keys):
         return None
-    head = "".join(encode_basestring_ascii(k).replace("%", "%%") + ": %s, " for k in keys)
-    return "{" + head + _TAIL, keys
+    labels = [encode_basestring_ascii(k) + ": " for k in keys]
+    return ["{" + labels[0], *(", " + label for label in labels[1:]), *_TAIL], keys
 
 
 def _has_big_float(value: Any) -> bool:
@@ -372,17 +380,20 @@ def _layout_lines(
     instructions: list[str],
     id_array: np.ndarray,
     from_orjson: bool,
-) -> list[str]:
-    """The JSON lines of rows whose keys are ``layout``, from the JSON of their added values."""
+) -> Iterator[tuple[str, ...]]:
+    """The JSON lines of rows whose keys are ``layout``, from the JSON of their added values: for
+    each row the pieces that joined make its line."""
     entry = _template(layout)
     if entry is None:
         records = [_record(row, row_ids) for row, row_ids in zip(rows, id_array.tolist(), strict=True)]
         if from_orjson and _has_big_float(records):
             raise _NeedsJsonError
-        return list(map(json.dumps, records))
-    template, keys = entry
-    columns = [_encode_column(list(map(itemgetter(k), rows)), from_orjson) for k in keys]
-    return list(map(template.__mod__, zip(*columns, raws, ids, instructions, strict=True)))
+        return ((json.dumps(record) + "\n",) for record in records)
+    text, keys = entry
+    values = [_encode_column(list(map(itemgetter(k), rows)), from_orjson) for k in keys]
+    columns = [*values, raws, ids, instructions]
+    interleaved = [part for i, column in enumerate(columns) for part in (repeat(text[i]), column)]
+    return zip(*interleaved, repeat(text[-1]))
 
 
 def _jsonl_chunks(p: _Prepared, from_orjson: bool = False, size: int = 2048) -> Iterator[str]:
@@ -393,6 +404,9 @@ def _jsonl_chunks(p: _Prepared, from_orjson: bool = False, size: int = 2048) -> 
     may have read from an integer."""
     rows = p.rows if len(p.keep) == len(p.rows) else list(map(p.rows.__getitem__, p.keep))
     instructions = _instructions(p.questions, from_orjson)
+    layouts_all = p.layouts if p.layouts is not None else list(map(tuple, rows))
+    distinct = set(layouts_all)
+    single = next(iter(distinct)) if len(distinct) == 1 else None  # as in a file one program wrote
     if p.plain_numbers:
         magnitude = np.abs(p.actions)
         odd = ((magnitude < _REPR_BELOW) & (magnitude != 0.0)) | (magnitude >= _REPR_FROM)
@@ -405,21 +419,20 @@ def _jsonl_chunks(p: _Prepared, from_orjson: bool = False, size: int = 2048) -> 
         else:
             raws = [json.dumps(raw)[1:-1] for raw in p.raws[start:stop]]
         piece = [rows[start:stop], raws, _number_lists(p.ids[start:stop]), instructions[start:stop]]
-        layouts = list(map(tuple, piece[0]))
-        if len(set(layouts)) == 1:  # as in a file that one program wrote
-            lines = _layout_lines(layouts[0], *piece, p.ids[start:stop], from_orjson)
+        layouts = layouts_all[start:stop] if single is None else None
+        if single is not None or len(set(layouts)) == 1:
+            lines = _layout_lines(single or layouts[0], *piece, p.ids[start:stop], from_orjson)
         else:
             groups: dict[tuple, list[int]] = {}
             for i, layout in enumerate(layouts):
                 groups.setdefault(layout, []).append(i)
-            lines = [""] * len(layouts)
+            lines = [()] * len(layouts)
             for layout, positions in groups.items():
                 columns = ([column[i] for i in positions] for column in piece)
                 group = _layout_lines(layout, *columns, p.ids[start:stop][positions], from_orjson)
                 for i, line in zip(positions, group, strict=True):
                     lines[i] = line
-        lines.append("")
-        yield "\n".join(lines)
+        yield "".join(chain.from_iterable(lines))
 
 
 def _write_ascii(path: Path, pieces: Iterable[str]) -> None:
