@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import json
+import mmap
 import os
 import sys
 import time
@@ -263,23 +265,33 @@ def _prepare(
         "gripper": {"convention": gripper_convention, "threshold": gripper_threshold},
         "rows": len(keep),
         "skipped_rows": skipped,
-        "statistics": {
-            dim: {
-                "min": float(actions[:, d].min()),
-                "max": float(actions[:, d].max()),
-                "mean": float(actions[:, d].mean()),
-                "std": float(actions[:, d].std()),
-                "q01": float(np.quantile(actions[:, d], 0.01)),
-                "q99": float(np.quantile(actions[:, d], 0.99)),
-                "clipped_fraction": float(clipped[:, d].mean()),
-                "round_trip_mean_abs_error": float(error[:, d].mean()),
-                "round_trip_max_abs_error": float(error[:, d].max()),
-            }
-            for d, dim in enumerate(ACTION_NAMES)
-        },
+        "statistics": _statistics(actions, clipped, error),
     }
     plain = columns is not None or set(map(type, chain.from_iterable(raws))) <= {float, int}
     return _Prepared(rows, keep, questions, raws, actions, bins, ids, metadata, plain, layouts)
+
+
+def _statistics(actions: np.ndarray, clipped: np.ndarray, error: np.ndarray) -> dict:
+    """Per dimension: the range, moments and 1st/99th percentiles of the actions, the clipped
+    fraction and the round-trip error (each dimension's values made contiguous first: faster, and
+    the same numbers)."""
+    out = {}
+    for dim, x, c, e in zip(
+        ACTION_NAMES, *(np.ascontiguousarray(a.T) for a in (actions, clipped, error)), strict=True
+    ):
+        q01, q99 = np.quantile(x, [0.01, 0.99])
+        out[dim] = {
+            "min": float(x.min()),
+            "max": float(x.max()),
+            "mean": float(x.mean()),
+            "std": float(x.std()),
+            "q01": float(q01),
+            "q99": float(q99),
+            "clipped_fraction": float(c.mean()),
+            "round_trip_mean_abs_error": float(e.mean()),
+            "round_trip_max_abs_error": float(e.max()),
+        }
+    return out
 
 
 def _record(row: dict, row_ids: list[int]) -> dict:
@@ -482,20 +494,42 @@ def _write_outputs(
     )
 
 
-def _read_rows(path: Path, orjson_first: bool = True) -> tuple[list, bool]:
-    """The rows of the input file, and whether orjson read them. orjson reads what json reads,
-    faster, except what it refuses (NaN, Infinity, an overflowing number, a lone surrogate) and
-    integers outside 64 bits (read as floats: see ``ORJSON_EXACT_LIMIT``). json reads again anything
-    orjson refuses or that is not a non-empty array, so every message here is json's."""
+def _pipe_bytes(path: Path) -> bytes | None:
+    """The bytes of an input that is not a regular file (a pipe can be read once; the rows may be
+    read twice), else None."""
+    return None if path.is_file() or not path.exists() or path.is_dir() else path.read_bytes()
+
+
+def _orjson_file(path: Path) -> Any:
+    """orjson's reading of a regular file, mapped rather than copied into memory."""
+    with open(path, "rb") as f:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file, or one that cannot be mapped
+            return orjson.loads(f.read())
+        with mapped, memoryview(mapped) as view:
+            return orjson.loads(view)
+
+
+def _read_rows(path: Path, orjson_first: bool = True, data: bytes | None = None) -> tuple[list, bool]:
+    """The rows of the input file (its bytes: ``data`` where given), and whether orjson read them.
+    orjson reads what json reads, faster, except what it refuses (NaN, Infinity, an overflowing
+    number, a lone surrogate) and integers outside 64 bits (read as floats: see
+    ``ORJSON_EXACT_LIMIT``). json reads again anything orjson refuses or that is not a non-empty
+    array, so every message here is json's."""
     if orjson_first and orjson is not None:
         try:
-            rows = orjson.loads(path.read_bytes())
+            rows = _orjson_file(path) if data is None else orjson.loads(data)
         except orjson.JSONDecodeError:
             rows = None
         if type(rows) is list and rows:
             return rows, True
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        if data is None:
+            text = path.read_text(encoding="utf-8")
+        else:  # as read_text decodes
+            text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
+        rows = json.loads(text)
     except UnicodeDecodeError as e:
         raise SystemExit(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -579,13 +613,14 @@ def _run(args: argparse.Namespace, exit_when_done: bool = False) -> None:
     try:
         with _collector_paused():
             # with --vqgan_checkpoint json reads: orjson's speed is nothing beside the encoder's
-            rows, from_orjson = _read_rows(args.input_path, args.vqgan_checkpoint is None)
+            piped = _pipe_bytes(args.input_path)
+            rows, from_orjson = _read_rows(args.input_path, args.vqgan_checkpoint is None, piped)
             try:
                 prepared = _prepare(rows, *settings, from_orjson=from_orjson)
                 if args.vqgan_checkpoint is None:
                     _write_outputs(args, metadata_path, prepared, _jsonl_chunks(prepared, from_orjson))
             except _NeedsJsonError:  # nothing was written
-                rows, _ = _read_rows(args.input_path, False)
+                rows, _ = _read_rows(args.input_path, False, piped)
                 prepared = _prepare(rows, *settings)
                 _write_outputs(args, metadata_path, prepared, _jsonl_chunks(prepared))
             del rows

@@ -366,3 +366,18 @@ def test_what_orjson_reads_otherwise_is_read_by_json(tmp_path):
     (tmp_path / "in.json").write_text(json.dumps(rows))
     with pytest.raises(SystemExit, match=r"row 6 \(id 10000000000000000000000000\): gripper 5.0"):
         main(_cli(tmp_path))
+
+
+def test_a_pipe_is_read_once_even_where_json_reads_it_again(tmp_path):
+    import os
+    import threading
+
+    rows = _rows(10)
+    rows[1]["extra"] = float("nan")  # orjson refuses NaN: json reads the rows again
+    os.mkfifo(tmp_path / "in.json")
+    writer = threading.Thread(target=(tmp_path / "in.json").write_text, args=(json.dumps(rows),))
+    writer.start()
+    main(_cli(tmp_path, "--discretize_bins", "4"))
+    writer.join()
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and '"extra": NaN,' in lines[1]
