@@ -18,12 +18,8 @@ from typing import Any
 import numpy as np
 
 from latent_pretraining.core.cli import exit_on
-from latent_pretraining.policy.cli import (
-    add_input_arguments,
-    add_policy_arguments,
-    input_from_arguments,
-    policy_from_arguments,
-)
+from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
+from latent_pretraining.policy.inputs import add_input_arguments, input_from_arguments
 from latent_pretraining.policy.policy import Act, Policy
 
 

@@ -35,7 +35,7 @@ from latent_pretraining.core.state import (
 from latent_pretraining.core.step import make_train_step
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
-from latent_pretraining.policy.bundle import bundle_from_run
+from latent_pretraining.policy.bundle import bundle_from_run, check_export
 from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
 from latent_pretraining.vla_data import (
     ImageTokens,
@@ -212,11 +212,13 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         raise ValueError("set --config.data.train (JSONL) and --config.data.tokenizer (tokenizer.model)")
     config.data.pp_eval = config.data.pp_eval or eval_mode(config.data.pp_train)  # recorded in config.json
     check_mode(config.data.pp_eval)
-    if config.export_policy and jax.process_count() > 1:
-        raise ValueError(
-            "--config.export_policy writes from one process; export a multi-host run afterwards with "
-            "python -m latent_pretraining.policy export --run <run_dir> --out <dir>"
-        )
+    if config.export_policy:
+        if jax.process_count() > 1:
+            raise ValueError(
+                "--config.export_policy writes from one process; export a multi-host run afterwards with "
+                "python -m latent_pretraining.policy export --run <run_dir> --out <dir>"
+            )
+        check_export(config, config.export_policy)  # fail now, not after the run
     run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     m = config.model

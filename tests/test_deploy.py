@@ -235,6 +235,13 @@ def test_batcher_pads_to_compiled_sizes_splits_answers_and_isolates_failures():
     with pytest.raises(ValueError, match="bad instruction"):
         bad.result(timeout=5)
     assert fake.calls == [2, 1, 1]  # the batch failed, then each request ran alone
+
+    # a failure after the policy's answer (here: splitting it into rows) fails that batch only
+    batcher.act = lambda images, tasks: Act(np.zeros((0, 7)), None, None, {})
+    with pytest.raises(IndexError):
+        batcher.submit(jobs[0][0], "fine").result(timeout=5)
+    batcher.act = fake.act
+    assert batcher.submit(jobs[0][0], "fine").result(timeout=5).actions[1] == 4  # the worker lives on
     batcher.close()
 
 
@@ -427,7 +434,7 @@ def test_the_client_and_the_evaluator_get_the_policys_answers_through_the_server
     from latent_pretraining.deploy.client import ServerError, ServerPolicy, wait_until_ready
     from latent_pretraining.deploy.client import main as client_main
     from latent_pretraining.evaluate import BundlePolicy, run_all
-    from latent_pretraining.policy.cli import BUILT_IN_FRAME, BUILT_IN_INSTRUCTION
+    from latent_pretraining.policy.inputs import BUILT_IN_FRAME, BUILT_IN_INSTRUCTION
     from sim.env import EnvConfig, TabletopEnv
 
     policy = Policy.from_pretrained(bundle_dir, mesh=make_mesh("1,1,1,1", devices=jax.devices()[:1]))

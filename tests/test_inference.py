@@ -16,12 +16,8 @@ from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.episodes import load_image
 from latent_pretraining.inference import main as inference_main
 from latent_pretraining.policy.bundle import bundle_from_lapa
-from latent_pretraining.policy.cli import (
-    BUILT_IN_FRAME,
-    BUILT_IN_INSTRUCTION,
-    lapa_model_config,
-    parse_lapa_dict,
-)
+from latent_pretraining.policy.cli import lapa_model_config, parse_lapa_dict
+from latent_pretraining.policy.inputs import BUILT_IN_FRAME, BUILT_IN_INSTRUCTION
 from latent_pretraining.policy.policy import Policy
 
 LAPA_DEPLOY_UPDATE = (  # LAPA's deploy.py default, as its users pass it
@@ -155,3 +151,33 @@ def test_lapas_update_string_sets_our_fields():
     for bad in ("{'a': 1}", "dict(1)", "dict(a=foo())", "dict(a="):
         with pytest.raises(ValueError, match="expected dict"):
             parse_lapa_dict(bad)
+
+
+def test_lapas_finetuned_files_act_through_their_bins_csv_alone(tmp_path, sp_model, capsys):
+    from latent_pretraining.actions.bins import ActionBins
+    from latent_pretraining.policy.__main__ import main as policy_main
+    from latent_pretraining.policy.bundle import read_bundle
+
+    write_widened_lapa_fixture(tmp_path)  # its action vocabulary has 32 ids
+    (tmp_path / "vqgan_config.json").write_text(vqgan_config().to_json())
+    (tmp_path / "vqgan").symlink_to(VQGAN_FILE)
+    edges = [np.linspace(-0.01 * (d + 1), 0.01 * (d + 1), 9) for d in range(6)] + [np.array([-0.5, 0.5, 1.5])]
+    ActionBins(edges).to_csv(tmp_path / "bins.csv")  # LAPA's CSV, no statistics JSON beside it
+    lapa = [
+        "--vqgan_checkpoint",
+        str(tmp_path / "vqgan"),
+        "--load_llama_config",
+        str(tmp_path / "config.json"),
+    ]
+    argv = ["--load_checkpoint", f"params::{tmp_path / 'params'}", *lapa, "--json"]
+    argv += ["--vocab_file", str(sp_model), "--action_scale_file", str(tmp_path / "bins.csv")]
+    record = _json_line(capsys, argv)
+    assert record["predicts"] == "action" and len(record["action"]) == 7
+    for value, dim_edges in zip(record["action"], edges, strict=True):
+        assert dim_edges[0] <= value <= dim_edges[-1]
+    policy_main(["lapa", "--params", f"params::{tmp_path / 'params'}", "--vqgan", str(tmp_path / "vqgan"),
+                 "--tokenizer", str(sp_model), "--config", str(tmp_path / "config.json"),
+                 "--bins", str(tmp_path / "bins.csv"), "--out", str(tmp_path / "bundle")])  # fmt: skip
+    assert "predicts action" in capsys.readouterr().out
+    bundle = read_bundle(tmp_path / "bundle")
+    assert bundle.statistics is None and bundle.bins.num_bins == [8] * 6 + [2]

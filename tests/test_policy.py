@@ -472,3 +472,27 @@ def test_sampling_is_reproducible_constrained_and_top_1_is_greedy(policy):
         assert (tokens < np.asarray(BINS_PER_DIM)).all()  # still only ids a bin can decode
     with pytest.raises(ValueError, match="needs an explicit rng key"):
         policy.sample_action(images, tasks, Sampling(temperature=1.0))
+
+
+def test_one_string_of_instructions_is_refused_not_split_into_letters(policy):
+    images = _images(np.random.default_rng(9), ((8, 8, 3),) * 4)
+    with pytest.raises(ValueError, match="expected a list of task descriptions, not 'push'"):
+        policy.sample_latent(images, "push")
+    with pytest.raises(ValueError, match="expected a list of task descriptions"):
+        policy.act(images, "push")
+
+
+def test_export_policy_is_checked_before_the_run(tmp_path, sp_model):
+    from latent_pretraining import train as vla_train
+
+    config = get_config("debug_finetune")
+    config.data.update(train="unread.jsonl", tokenizer=str(sp_model))
+    config.update(run_dir=str(tmp_path / "run"), export_policy=str(tmp_path / "policy"))
+    with pytest.raises(BundleError, match=r"no data\.vqgan_checkpoint to put in the bundle"):
+        vla_train.train(config)
+    config.data.vqgan_checkpoint = str(VQGAN_FILE)
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="exists and is not a policy bundle"):
+        vla_train.train(config)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -121,8 +121,14 @@ class Batcher:
 
     def _serve(self, jobs: list[_Job]) -> None:
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # drop cancelled ones
-        if jobs:
-            self._act(jobs)
+        try:
+            if jobs:
+                self._act(jobs)
+        except Exception as e:  # never leave a request waiting, never stop the worker
+            logger.exception("answering a batch failed")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
 
     def _act(self, jobs: list[_Job]) -> None:
         """One ``act`` call for the jobs, padded to a batch size; if it fails for a batch, each job is

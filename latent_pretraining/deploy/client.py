@@ -16,7 +16,7 @@ import numpy as np
 import requests
 
 from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
-from latent_pretraining.policy.cli import add_input_arguments, input_from_arguments
+from latent_pretraining.policy.inputs import add_input_arguments, input_from_arguments
 
 
 class ServerError(RuntimeError):

@@ -97,16 +97,17 @@ def read_under(path_text: str, image_root: Path | None) -> bytes:
             "image: a string that is neither base64 of a PNG/JPEG nor, since the server was started "
             "without --image_root, a path it may read",
         )
+    shown = path_text if len(path_text) <= 200 else f"{path_text[:200]}... ({len(path_text)} characters)"
     try:
         root = image_root.resolve()
         path = (root / path_text).resolve()
         if not path.is_relative_to(root):
-            raise RequestError(403, f"image: path {path_text!r} lies outside the image root")
+            raise RequestError(403, f"image: path {shown!r} lies outside the image root")
         if not path.is_file():
-            raise RequestError(404, f"image: no file {path_text!r} under the image root")
+            raise RequestError(404, f"image: no file {shown!r} under the image root")
         return path.read_bytes()
     except OSError as e:
-        raise RequestError(400, f"image: cannot read {path_text!r} ({e.strerror})") from None
+        raise RequestError(400, f"image: cannot read {shown!r} ({e.strerror})") from None
 
 
 def action(answer: Answer) -> np.ndarray:

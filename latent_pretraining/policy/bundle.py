@@ -66,7 +66,7 @@ class Bundle:
     sequence: SequenceConfig
     tokenizer_size: int
     bins: ActionBins | None  # None: the model predicts latent codes only
-    statistics: dict[str, Any] | None
+    statistics: dict[str, Any] | None  # None: the bins came without data.finetune_preprocess's JSON
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -188,6 +188,18 @@ def write_bundle(
     return read_bundle(out_dir)
 
 
+def check_export(config: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> None:
+    """Before a run: a ``BundleError`` if its final model could not be written as a bundle to
+    ``out_dir`` (no VQGAN to put in it, or a target that is not a bundle)."""
+    if not config.data.vqgan_checkpoint:
+        raise BundleError(
+            f"--config.export_policy={out_dir}: the run has no data.vqgan_checkpoint to put in the bundle "
+            "(its rows are pre-tokenised); export afterwards with python -m latent_pretraining.policy "
+            "export --run <run_dir> --vqgan <checkpoint>"
+        )
+    _check_target(Path(out_dir))
+
+
 def _check_target(out_dir: Path) -> None:
     """Only a missing or empty directory, or a previous bundle, may be replaced (never, say, a run)."""
     if out_dir.exists() and not (
@@ -220,7 +232,9 @@ def read_bundle(directory: str | os.PathLike) -> Bundle:
     if predicts not in ("action", "latent"):
         raise BundleError(f"{where}: action.predicts is {predicts!r}, not 'action' or 'latent'")
     bins = _bins(directory, spec, model, where) if predicts == "action" else None
-    statistics = _read_json(directory / STATISTICS, "the statistics JSON") if bins is not None else None
+    statistics = None  # LAPA's released bins come without data.finetune_preprocess's statistics
+    if bins is not None and (directory / STATISTICS).exists():
+        statistics = _read_json(directory / STATISTICS, "the statistics JSON")
     if (directory / DECODER).is_dir():
         _check_decoder(directory / DECODER / "config.json", model, spec["sequence"])
     sequence = SequenceConfig(

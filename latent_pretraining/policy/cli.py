@@ -1,8 +1,7 @@
-"""The command-line flags shared by the inference CLI, the server, its client and the evaluator: the
-policy, a bundle (``--policy DIR``) or LAPA's own flags for its released files
-(``--load_checkpoint params::...``, ``--vqgan_checkpoint``, ``--vocab_file``, ``--action_scale_file``,
-``--load_llama_config``, ``--update_llama_config``), which are linked into a temporary bundle, not
-copied; and the input, ``--image`` and ``--instruction`` (default: a built-in tabletop frame)."""
+"""The flags that name a policy, shared by the inference CLI, the server and the evaluator: a bundle
+(``--policy DIR``) or LAPA's own flags for its released files (``--load_checkpoint params::...``,
+``--vqgan_checkpoint``, ``--vocab_file``, ``--action_scale_file``, ``--load_llama_config``,
+``--update_llama_config``), which are linked into a temporary bundle, not copied."""
 
 from __future__ import annotations
 
@@ -11,16 +10,11 @@ import ast
 from pathlib import Path
 
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
 from latent_pretraining.config import from_lapa_config, get_model_config
-from latent_pretraining.episodes import read_image
 from latent_pretraining.policy.bundle import BundleError
 from latent_pretraining.policy.policy import Policy
-
-BUILT_IN_FRAME = Path(__file__).parents[1] / "assets" / "tabletop.png"  # sim.env seed 1000000, 64 px
-BUILT_IN_INSTRUCTION = "go to the yellow triangle"  # that frame's task
 
 # LAPA's ``update_llama_config`` keys and ours; its scan_* and sample_mode settings change no result.
 LAPA_UPDATE_KEYS = {
@@ -53,20 +47,6 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     lapa.add_argument("--load_llama_config", default="7b", help="preset (7b, 1b, debug) or a config JSON")
     lapa.add_argument("--update_llama_config", default="", help="LAPA's dict(key=value, ...) string")
     lapa.add_argument("--image_aug", type=int, choices=(0, 1), default=1, help="1: centre crop; 0: resize")
-
-
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--image`` and ``--instruction``; both default to the built-in tabletop frame and its task."""
-    parser.add_argument("--image", type=Path, default=None, help="default: a built-in tabletop frame")
-    parser.add_argument("--instruction", default=None, help="the task description")
-
-
-def input_from_arguments(args: argparse.Namespace) -> tuple[str, np.ndarray, str]:
-    """``(image path, uint8 RGB image, instruction)``; an image needs its instruction."""
-    if args.image is not None and args.instruction is None:
-        raise ValueError("--instruction is required with --image")
-    path = args.image or BUILT_IN_FRAME
-    return str(path), read_image(path), BUILT_IN_INSTRUCTION if args.instruction is None else args.instruction
 
 
 def policy_from_arguments(args: argparse.Namespace, mesh: Mesh | None = None) -> Policy:

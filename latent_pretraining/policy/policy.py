@@ -111,6 +111,16 @@ def check_instruction(task: Any, where: str = "instruction") -> None:
         raise ValueError(f"{where}: expected a task description, got {task!r}")
 
 
+def check_batch(images: Sequence[Any], instructions: Sequence[str]) -> None:
+    """A ValueError unless there is one task description (a non-empty string) per image."""
+    if isinstance(instructions, str):
+        raise ValueError(f"instructions: expected a list of task descriptions, not {instructions!r}")
+    if len(images) != len(instructions) or len(images) == 0:
+        raise ValueError(f"{len(images)} images and {len(instructions)} instructions; give one of each")
+    for i, task in enumerate(instructions):
+        check_instruction(task, f"instruction {i}")
+
+
 class Policy:
     """Samples latent codes and actions for batches of (image, task description) pairs."""
 
@@ -145,6 +155,9 @@ class Policy:
         see ``bundle_from_lapa``): they are linked into a temporary bundle, not copied."""
         source = os.fspath(bundle_dir_or_params)
         if source.startswith("params::"):
+            missing = [k for k in ("vqgan", "tokenizer", "model_config") if lapa_files.get(k) is None]
+            if missing:
+                raise ValueError(f"{source}: LAPA's files need {', '.join(missing)} too")
             scratch = Path(tempfile.mkdtemp(prefix="lapa-policy-"))
             atexit.register(shutil.rmtree, scratch, ignore_errors=True)
             lapa_files.setdefault("bins_csv", None)
@@ -186,14 +199,12 @@ class Policy:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(ids, modality)`` per row of vision codes: the training example of the row up to its first
         ``vocab`` (``latent`` or ``action``) token, so that the model sees what it was trained on."""
-        if len(vision) != len(instructions) or len(vision) == 0:
-            raise ValueError(f"{len(vision)} images and {len(instructions)} instructions; give one of each")
+        check_batch(vision, instructions)
         key, count = ("delta", self.bundle.sequence.tokens_per_latent)
         if vocab == "action":
             key, count = ("action", self.bundle.sequence.tokens_per_action)
         out = []
-        for i, (task, codes) in enumerate(zip(instructions, vision, strict=True)):
-            check_instruction(task, f"instruction {i}")
+        for task, codes in zip(instructions, vision, strict=True):
             row = {
                 "instruction": self.bundle.prompt_template.replace("{task}", task),
                 "vision": codes.tolist(),
@@ -213,8 +224,7 @@ class Policy:
 
     def act(self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY) -> Act:
         """Actions (when the policy gives them), the tokens behind them and where the time went."""
-        for i, task in enumerate(instructions):
-            check_instruction(task, f"instruction {i}")
+        check_batch(images, instructions)
         clock = time.perf_counter()
         pixels = self.pixels(images)
         timing = {"preprocess": time.perf_counter() - clock}
