@@ -112,16 +112,17 @@ def _structure_error(row: Any, index: int) -> str | None:
     return None
 
 
-def _plain_columns(rows: list[Any]) -> tuple[list, list, list] | None:
-    """(questions, raw action lists, layouts: each row's keys in order) when every row is well
+def _plain_columns(rows: list[Any], check_numbers: bool = True) -> tuple[list, list, set] | None:
+    """(questions, raw action lists, the layouts: the rows' keys in order) when every row is well
     formed with plain JSON types, as in a valid file, checked a column at a time (no per-row Python
     code); None when some row needs the per-row checks (``_structure_error``), which then name the
-    first problem."""
+    first problem. Not ``check_numbers``: the caller checks that each raw action is an int or a
+    float (the text orjson writes of them holds nothing else)."""
     try:
         if set(map(type, rows)) != {dict}:
             return None
-        layouts = list(map(tuple, rows))
-        if any(not set(layout) >= _REQUIRED for layout in set(layouts)):
+        layouts = set(map(tuple, rows))
+        if any(not set(layout) >= _REQUIRED for layout in layouts):
             return None
         conversations = list(map(_CONVERSATIONS, rows))
         if set(map(type, conversations)) != {list} or min(map(len, conversations)) < 2:
@@ -134,7 +135,7 @@ def _plain_columns(rows: list[Any]) -> tuple[list, list, list] | None:
         return None
     if set(map(type, raws)) != {list} or set(map(len, raws)) != {ACTION_DIMS}:
         return None
-    if not set(map(type, chain.from_iterable(raws))) <= {float, int}:  # bool is neither
+    if check_numbers and not set(map(type, chain.from_iterable(raws))) <= {float, int}:  # bool is neither
         return None
     return questions, raws, layouts
 
@@ -178,12 +179,12 @@ class _Prepared:
         ids: np.ndarray,
         metadata: dict,
         plain_numbers: bool,
-        layouts: list[tuple] | None,
+        layouts: set[tuple] | None,
     ):
         self.rows, self.keep, self.questions, self.raws = rows, keep, questions, raws
         self.actions, self.bins, self.ids, self.metadata = actions, bins, ids, metadata
         self.plain_numbers = plain_numbers  # every raw action an exact float or int (and finite)
-        self.layouts = layouts  # each kept row's keys, in order (None: not known yet)
+        self.layouts = layouts  # the kept rows' keys, in order, or more (None: not known yet)
 
 
 def preprocess(
@@ -209,9 +210,10 @@ def _prepare(
     from_orjson: bool = False,
 ) -> _Prepared:
     """``preprocess`` without building the output rows. ``from_orjson``: raise
-    ``_NeedsJsonError`` instead of naming or skipping an invalid row."""
+    ``_NeedsJsonError`` instead of naming or skipping an invalid row (``_jsonl_chunks`` checks
+    the types of the raw actions)."""
     skipped: list[str] = []
-    columns = _plain_columns(rows)
+    columns = _plain_columns(rows, check_numbers=not from_orjson)
     if columns is not None:
         keep = list(range(len(rows)))
         questions, raws, layouts = columns
@@ -229,7 +231,12 @@ def _prepare(
                 skipped.append(problem)
         questions = [rows[i]["conversations"][0]["value"] for i in keep]
         raws = [rows[i]["conversations"][1]["raw_actions"] for i in keep]
-    actions = np.fromiter(chain.from_iterable(raws), np.float64, len(raws) * ACTION_DIMS)
+    try:
+        actions = np.fromiter(chain.from_iterable(raws), np.float64, len(raws) * ACTION_DIMS)
+    except (TypeError, ValueError):  # a raw action that is not a number (not checked yet)
+        if from_orjson:
+            raise _NeedsJsonError from None
+        raise
     actions = actions.reshape(len(raws), ACTION_DIMS)
     errors = _value_errors(rows, keep, actions, gripper_convention)
     if errors:
@@ -243,7 +250,6 @@ def _prepare(
         keep = [k for k, ok in zip(keep, mask, strict=True) if ok]
         questions = [q for q, ok in zip(questions, mask, strict=True) if ok]
         raws = [r for r, ok in zip(raws, mask, strict=True) if ok]
-        layouts = None if layouts is None else [x for x, ok in zip(layouts, mask, strict=True) if ok]
         actions = actions[mask]
     if not keep:
         raise InvalidRowError("no valid rows")
@@ -267,7 +273,7 @@ def _prepare(
         "skipped_rows": skipped,
         "statistics": _statistics(actions, clipped, error),
     }
-    plain = columns is not None or set(map(type, chain.from_iterable(raws))) <= {float, int}
+    plain = from_orjson or set(map(type, chain.from_iterable(raws))) <= {float, int}
     return _Prepared(rows, keep, questions, raws, actions, bins, ids, metadata, plain, layouts)
 
 
@@ -367,15 +373,23 @@ def _instructions(questions: list, from_orjson: bool) -> list[str]:
 _REPR_BELOW, _REPR_FROM = 1e-4, 1e16
 
 
-def _number_lists(lists: list[list] | np.ndarray, repr_rows: list[int] = ()) -> list[str]:
+_NOT_NUMBERS = (b'"', b"t", b"f", b"n", b"{")  # what orjson writes of strings, true, false, null, dicts
+
+
+def _number_lists(
+    lists: list[list] | np.ndarray, repr_rows: list[int] = (), check_types: bool = False
+) -> list[str]:
     """``json.dumps(x)[1:-1]`` for each non-empty list ``x`` of exact ints and finite floats (an
-    int array: its rows), from one orjson call; ``str(x)[1:-1]`` for the rows in ``repr_rows``."""
+    int array: its rows), from one orjson call; ``str(x)[1:-1]`` for the rows in ``repr_rows``.
+    ``check_types``: raise ``_NeedsJsonError`` where a list holds something else."""
     if orjson is not None:
         try:
             text = orjson.dumps(lists, option=orjson.OPT_SERIALIZE_NUMPY)
         except orjson.JSONEncodeError:  # an integer outside 64 bits
             pass
         else:
+            if check_types and any(map(text.__contains__, _NOT_NUMBERS)):
+                raise _NeedsJsonError
             out = text.decode("ascii").replace(",", ", ").split("], [")
             out[0], out[-1] = out[0][2:], out[-1][:-2]
             for i in repr_rows:
@@ -412,12 +426,12 @@ def _jsonl_chunks(p: _Prepared, from_orjson: bool = False, size: int = 2048) -> 
     """``"".join(json.dumps(r) + "\\n" for r in _records(p))``, byte for byte, in pieces of ``size``
     rows (small enough to stay in the CPU caches, and the memory of one is reused by the next),
     without building the records: the rows of each layout (their keys, in order) fill its template
-    a column at a time. ``from_orjson``: raise ``_NeedsJsonError`` at a written float that orjson
-    may have read from an integer."""
+    a column at a time. ``from_orjson``: raise ``_NeedsJsonError`` at a raw action that is not a
+    number (``_prepare`` left that check here), or at a written float that orjson may have read
+    from an integer."""
     rows = p.rows if len(p.keep) == len(p.rows) else list(map(p.rows.__getitem__, p.keep))
     instructions = _instructions(p.questions, from_orjson)
-    layouts_all = p.layouts if p.layouts is not None else list(map(tuple, rows))
-    distinct = set(layouts_all)
+    distinct = p.layouts if p.layouts is not None else set(map(tuple, rows))
     single = next(iter(distinct)) if len(distinct) == 1 else None  # as in a file one program wrote
     if p.plain_numbers:
         magnitude = np.abs(p.actions)
@@ -427,11 +441,12 @@ def _jsonl_chunks(p: _Prepared, from_orjson: bool = False, size: int = 2048) -> 
         stop = min(start + size, len(rows))
         if p.plain_numbers:
             first, last = bisect_left(repr_rows, start), bisect_left(repr_rows, stop)
-            raws = _number_lists(p.raws[start:stop], [i - start for i in repr_rows[first:last]])
+            repr_here = [i - start for i in repr_rows[first:last]]
+            raws = _number_lists(p.raws[start:stop], repr_here, check_types=from_orjson)
         else:
             raws = [json.dumps(raw)[1:-1] for raw in p.raws[start:stop]]
         piece = [rows[start:stop], raws, _number_lists(p.ids[start:stop]), instructions[start:stop]]
-        layouts = layouts_all[start:stop] if single is None else None
+        layouts = None if single is not None else list(map(tuple, piece[0]))
         if single is not None or len(set(layouts)) == 1:
             lines = _layout_lines(single or layouts[0], *piece, p.ids[start:stop], from_orjson)
         else:

@@ -381,3 +381,23 @@ def test_a_pipe_is_read_once_even_where_json_reads_it_again(tmp_path):
     writer.join()
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert len(lines) == 10 and '"extra": NaN,' in lines[1]
+
+
+@pytest.mark.parametrize(
+    "value,message", [(True, "gripper is True"), ("0.5", "dx is '0.5'"), (None, "dy is None")]
+)
+def test_a_raw_action_that_is_not_a_number_is_named_from_the_command_line(tmp_path, value, message):
+    """orjson's run leaves the type check of the numbers to the writing of the JSONL: a failure there
+    is json's run's message, and the outputs already there stay."""
+    (tmp_path / "in.json").write_text(json.dumps(_rows(30)))
+    main(_cli(tmp_path, "--discretize_bins", "4"))
+    before = _outputs(tmp_path)
+    rows = _rows(3000)
+    rows[2500]["conversations"][1]["raw_actions"][{True: 6, "0.5": 0, None: 1}[value]] = value
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    with pytest.raises(
+        SystemExit, match=rf"row 2500 \(id ep_2500\): 'raw_actions' {message}, expected a number"
+    ):
+        main(_cli(tmp_path, "--discretize_bins", "4"))
+    after = _outputs(tmp_path)
+    assert after.pop("in.json") != before.pop("in.json") and after == before
