@@ -42,6 +42,10 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+# the command multiplies no matrices: OpenBLAS need not start (and spin) its threads at numpy's import
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 
 from latent_pretraining.actions.bins import GRIPPER_CONVENTIONS, ActionBins
