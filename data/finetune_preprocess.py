@@ -15,12 +15,13 @@ records the scheme, bin counts, statistics and per-dimension round-trip error.
 No output may be an input or another output (checked before anything is read), and the
 three outputs are replaced together or not at all: a failure leaves the previous ones.
 
-Speed (the whole process, ``benchmarks/bench_finetune_preprocess.py``): orjson reads the
-input when it is installed (the standard library's ``json`` otherwise, and again whenever
-orjson's reading could differ from it or a row is invalid, so every result and message is
-``json``'s); a valid file is checked a column at a time, and each JSONL line is filled into
-a template of its row's keys, byte for byte what ``json.dumps`` writes. The cyclic garbage
-collector is paused while the rows are read and processed (they hold no cycles).
+Speed (``benchmarks/bench_finetune_preprocess.py`` times the whole command): orjson reads the
+input when it is installed (else json; json also reads again whatever orjson could have read
+differently, and any file with an invalid row, so every result and message is json's); a valid
+file is checked a column at a time; the JSONL is written 2,048 rows at a time, each line joined
+from its row's fields and the numbers as one orjson call writes them (as ``repr`` does but for a
+few rows, which take ``repr``): byte for byte what ``json.dumps`` writes. The cyclic garbage
+collector is paused meanwhile, and the command exits without freeing its rows one by one.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class InvalidRowError(ValueError):
 
 class _NeedsJsonError(Exception):
     """Rows read by orjson that only json's reading may serve: an invalid row (its message quotes
-    the row), or a value orjson may have read differently (an integer outside 64 bits)."""
+    the row; this includes a raw action that is not a number), or a value orjson may have read
+    differently (an integer outside 64 bits). Raised before anything is written or, from the
+    writing of the JSONL, before the outputs are in place."""
 
 
 def _structure_error(row: Any, index: int) -> str | None:
@@ -389,7 +392,7 @@ def _number_lists(
     if orjson is not None:
         try:
             text = orjson.dumps(lists, option=orjson.OPT_SERIALIZE_NUMPY)
-        except orjson.JSONEncodeError:  # an integer outside 64 bits
+        except orjson.JSONEncodeError:  # an integer outside 64 bits, an array not in C order
             pass
         else:
             if check_types and any(map(text.__contains__, _NOT_NUMBERS)):
