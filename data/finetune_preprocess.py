@@ -203,8 +203,9 @@ def preprocess(
     skip_invalid: bool = False,
 ) -> tuple[list[dict], ActionBins, dict]:
     """Rows of LAPA's finetune JSON -> (JSONL rows, bins, metadata). Raises InvalidRowError."""
-    p = _prepare(rows, num_bins, scheme, gripper_convention, gripper_threshold, skip_invalid)
-    return _records(p), p.bins, p.metadata
+    with _collector_paused():
+        p = _prepare(rows, num_bins, scheme, gripper_convention, gripper_threshold, skip_invalid)
+        return _records(p), p.bins, p.metadata
 
 
 def _prepare(
