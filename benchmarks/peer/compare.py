@@ -21,10 +21,12 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +46,42 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat), 0 where unknown."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_idle(limit_s: float, threshold: float = 0.2) -> float:
+    """Waits (up to ``limit_s``) until other work keeps less than ``threshold`` cores busy over 2 s;
+    returns the last such reading."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy = cpu_busy_s()
+        time.sleep(2.0)
+        others = (cpu_busy_s() - busy) / 2.0
+        if others < threshold or time.monotonic() > deadline:
+            return others
+        print(f"#   waiting: other work keeps {others:.1f} cores busy", file=sys.stderr, flush=True)
+        time.sleep(8.0)
+
+
 def recorded_sources(venv: Path) -> dict[str, str]:
     path = venv / "lapa_sources.env"
     if not path.exists():
@@ -59,12 +97,17 @@ def write_preprocess_input(path: Path, rows: int) -> None:
 
 def run_side(command: list[str], env: dict[str, str], timeout: float, log) -> list[dict]:
     """Runs one side's process; its JSON lines, or SystemExit with the tail of its output."""
+    busy, own, t0 = cpu_busy_s(), children_cpu_s(), time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    wall = time.monotonic() - t0
+    others = max(0.0, (cpu_busy_s() - busy) - (children_cpu_s() - own)) / wall
     log.write(f"$ {' '.join(command)}\n{done.stderr}\n")
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not records:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
         raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{tail}")
+    for r in records:
+        r["others_cpu"] = round(others, 2)  # cores kept busy by other processes while this one ran
     return records
 
 
@@ -83,6 +126,7 @@ def summarize(records: list[dict]) -> dict:
         process_medians_s=[r["median_s"] for r in records],
         first_s=statistics.median(firsts) if firsts else None,
         first_s_all=firsts,
+        others_cpu_max=max(r.get("others_cpu", 0.0) for r in records),
         **{k: first[k] for k in ("params", "versions") if k in first},
     )
     return json.loads(line)
@@ -130,6 +174,12 @@ def main() -> None:
     p.add_argument("--ours_python", default=sys.executable)
     p.add_argument("--ours_only", action="store_true", help="skip LAPA's side")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per side process")
+    p.add_argument(
+        "--wait_idle",
+        type=float,
+        default=0.0,
+        help="before each process, wait up to this many seconds for other work to leave the CPUs",
+    )
     p.add_argument("--json_out", default="", help="also write every process's JSON line here")
     p.add_argument("--log", default="", help="the sides' stderr (default: a temp file, named at the end)")
     args = p.parse_args()
@@ -162,6 +212,7 @@ def main() -> None:
     )
     raw: list[dict] = []
     started = datetime.datetime.now().astimezone()
+    load_before = load_average()
 
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "a") as log:
         for name in names:
@@ -194,9 +245,12 @@ def main() -> None:
                 for command in order:
                     side = "lapa" if command is lapa_cmd else "ours"
                     print(f"# {name}: {side} process {round_ + 1}/{processes}", file=sys.stderr, flush=True)
+                    if args.wait_idle > 0:
+                        wait_for_idle(args.wait_idle)
                     records = run_side(command, env, args.timeout, log)
                     for r in records:
                         got = f"median {fmt(r['median_s'])}, first {fmt(r['first_s'])}"
+                        got += f", others' cores {r['others_cpu']}"
                         print(f"#   {r['side']} {r['variant']}: {got}", file=sys.stderr, flush=True)
                     raw.extend(records)
 
@@ -208,9 +262,12 @@ def main() -> None:
         side: next((s["versions"] for k, s in summary.items() if k[0] == side), {})
         for side in ("lapa", "ours")
     }
+    worst = max((r.get("others_cpu", 0.0) for r in raw), default=0.0)
     header = (
         f"# {started:%Y-%m-%d %H:%M %Z}, {cpu_model()} ({os.cpu_count()} CPUs), "
-        f"{processes} process(es) per side x {repeats} timed repeats after {warmup} warm-up\n"
+        f"{processes} process(es) per side x {repeats} timed repeats after {warmup} warm-up, "
+        f"load average {load_before} at the start, {load_average()} at the end; other processes kept up to "
+        f"{worst:.2f} cores busy during a measured process\n"
         f"# lapa: {json.dumps(versions['lapa'])}\n# ours: {json.dumps(versions['ours'])}"
     )
     print()

@@ -8,7 +8,7 @@
 # tests/fixtures/laq_torch_tiny/README.md): Python 3.11, jax/jaxlib 0.4.23 (CPU), flax 0.7.0,
 # optax 0.1.7, chex 0.1.82, transformers 4.29.2, numpy 1.26.4, scipy 1.12.0 (LAPA's
 # requirements.txt), plus what LAPA's and tux's modules import (tux: wandb, gcsfs, cloudpickle;
-# the samplers: albumentations, cv2), torch 2.1.2 with einops and beartype for the LAQ, and
+# the samplers: albumentations, cv2), torch 2.2.0 (laq/setup.py's pin) with einops and beartype for the LAQ, and
 # pandas for LAPA's data/finetune_preprocess.py.
 #
 # You provide the source: a checkout of LatentActionPretraining/LAPA (commit 46aca51 is what the
@@ -16,7 +16,7 @@
 # the venv; lapa_side.py puts both on sys.path. Only pip downloads anything, here at set-up; the
 # harness itself reads nothing from the network.
 #
-# torch 2.1.2 from PyPI pulls its CUDA runtime packages (about 2.5 GB) even on CPU machines. To use
+# torch 2.2.0 from PyPI pulls its CUDA runtime packages (about 2.5 GB) even on CPU machines. To use
 # a CPU-only build instead, set LAPA_TORCH to a wheel file or requirement of your own. Extra pip
 # options (a wheel cache: PIP_FIND_LINKS=DIR) pass through pip's own environment variables.
 set -euo pipefail
@@ -25,7 +25,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="${1:-${LAPA_VENV:-$root/.venv-lapa}}"
 python="${LAPA_PYTHON:-python3.11}"
-torch_spec="${LAPA_TORCH:-torch==2.1.2}"
+torch_spec="${LAPA_TORCH:-torch==2.2.0}"
 
 for var in LAPA_SRC TUX_SRC; do
     if [[ -z "${!var:-}" ]]; then
