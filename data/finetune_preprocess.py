@@ -382,6 +382,17 @@ _REPR_BELOW, _REPR_FROM = 1e-4, 1e16
 
 
 _NOT_NUMBERS = (b'"', b"t", b"f", b"n", b"{")  # what orjson writes of strings, true, false, null, dicts
+# numbers of the range where orjson writes what repr writes: checked once a run, in case a release of
+# orjson writes them otherwise (then str() writes them all)
+_PROBE = [0.0, -0.0, 0.1, 1 / 3, 0.0001, 0.00012345, 0.30000000000000004, 5.0, 1234567.125, 1e15]
+_PROBE += [9007199254740993.0, 9999999999999998.0, -0.015625, 0, 1, -7, 255, -(2**63), 2**64 - 1]
+_orjson_as_repr: list[bool] = []
+
+
+def _orjson_writes_repr() -> bool:
+    if not _orjson_as_repr:
+        _orjson_as_repr.append(orjson.dumps(_PROBE).decode() == str(_PROBE).replace(", ", ","))
+    return _orjson_as_repr[0]
 
 
 def _number_lists(
@@ -390,7 +401,7 @@ def _number_lists(
     """``json.dumps(x)[1:-1]`` for each non-empty list ``x`` of exact ints and finite floats (an
     int array: its rows), from one orjson call; ``str(x)[1:-1]`` for the rows in ``repr_rows``.
     ``check_types``: raise ``_NeedsJsonError`` where a list holds something else."""
-    if orjson is not None:
+    if orjson is not None and _orjson_writes_repr():
         try:
             text = orjson.dumps(lists, option=orjson.OPT_SERIALIZE_NUMPY)
         except orjson.JSONEncodeError:  # an integer outside 64 bits, an array not in C order
@@ -403,7 +414,11 @@ def _number_lists(
             for i in repr_rows:
                 out[i] = str(lists[i])[1:-1]
             return out
-    return [str(x)[1:-1] for x in (lists.tolist() if isinstance(lists, np.ndarray) else lists)]
+    if isinstance(lists, np.ndarray):
+        lists = lists.tolist()
+    if check_types and not set(map(type, chain.from_iterable(lists))) <= {float, int}:
+        raise _NeedsJsonError
+    return [str(x)[1:-1] for x in lists]
 
 
 def _layout_lines(

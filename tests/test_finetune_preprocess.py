@@ -336,12 +336,14 @@ def _odd_rows() -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("parser", ["orjson", "json"])
+@pytest.mark.parametrize("parser", ["orjson", "json", "orjson reading, str() writing the numbers"])
 def test_jsonl_is_what_json_dumps_writes(tmp_path, monkeypatch, parser):
     import data.finetune_preprocess as fp
 
     if parser == "json":
         monkeypatch.setattr(fp, "orjson", None)
+    if parser.startswith("orjson reading"):  # as where orjson's numbers fail the probe
+        monkeypatch.setattr(fp, "_orjson_as_repr", [False])
     rows = _odd_rows()
     (tmp_path / "in.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     main(_cli(tmp_path, "--discretize_bins", "8"))
@@ -383,12 +385,18 @@ def test_a_pipe_is_read_once_even_where_json_reads_it_again(tmp_path):
     assert len(lines) == 10 and '"extra": NaN,' in lines[1]
 
 
+@pytest.mark.parametrize("orjson_numbers", [True, False])
 @pytest.mark.parametrize(
     "value,message", [(True, "gripper is True"), ("0.5", "dx is '0.5'"), (None, "dy is None")]
 )
-def test_a_raw_action_that_is_not_a_number_is_named_from_the_command_line(tmp_path, value, message):
+def test_a_raw_action_that_is_not_a_number_is_named_from_the_command_line(
+    tmp_path, monkeypatch, value, message, orjson_numbers
+):
     """orjson's run leaves the type check of the numbers to the writing of the JSONL: a failure there
     is json's run's message, and the outputs already there stay."""
+    import data.finetune_preprocess as fp
+
+    monkeypatch.setattr(fp, "_orjson_as_repr", [orjson_numbers])
     (tmp_path / "in.json").write_text(json.dumps(_rows(30)))
     main(_cli(tmp_path, "--discretize_bins", "4"))
     before = _outputs(tmp_path)
