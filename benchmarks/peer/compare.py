@@ -12,6 +12,11 @@ a side, then JSON lines (``stages.record`` schema plus ``process_medians_s``).
 LAPA's side needs ``--lapa_venv`` (default ``$LAPA_VENV`` or ``.venv-lapa``) and the LAPA and tux
 checkouts (``--lapa_src`` / ``--tux_src``, default ``$LAPA_SRC`` / ``$TUX_SRC`` or what
 ``setup_lapa_env.sh`` recorded in the venv). Without it only our side runs (``--ours_only``).
+
+Both sides run on the CPU. A shared machine skews the numbers (torch's OpenMP threads suffer most):
+``--wait_idle SECONDS`` waits before each process until other work leaves the CPUs, each record
+carries ``others_cpu``, the cores other processes kept busy while it ran, and ``--max_others X``
+reruns (``--retries`` times) a process during which that exceeded X.
 """
 
 from __future__ import annotations
@@ -180,6 +185,13 @@ def main() -> None:
         default=0.0,
         help="before each process, wait up to this many seconds for other work to leave the CPUs",
     )
+    p.add_argument(
+        "--max_others",
+        type=float,
+        default=0.0,
+        help="rerun a process (up to --retries times) when other work kept more cores busy (0: never)",
+    )
+    p.add_argument("--retries", type=int, default=2)
     p.add_argument("--json_out", default="", help="also write every process's JSON line here")
     p.add_argument("--log", default="", help="the sides' stderr (default: a temp file, named at the end)")
     args = p.parse_args()
@@ -245,13 +257,22 @@ def main() -> None:
                 for command in order:
                     side = "lapa" if command is lapa_cmd else "ours"
                     print(f"# {name}: {side} process {round_ + 1}/{processes}", file=sys.stderr, flush=True)
-                    if args.wait_idle > 0:
-                        wait_for_idle(args.wait_idle)
-                    records = run_side(command, env, args.timeout, log)
-                    for r in records:
-                        got = f"median {fmt(r['median_s'])}, first {fmt(r['first_s'])}"
-                        got += f", others' cores {r['others_cpu']}"
-                        print(f"#   {r['side']} {r['variant']}: {got}", file=sys.stderr, flush=True)
+                    for attempt in range(args.retries + 1):
+                        if args.wait_idle > 0:
+                            wait_for_idle(args.wait_idle)
+                        records = run_side(command, env, args.timeout, log)
+                        for r in records:
+                            got = f"median {fmt(r['median_s'])}, first {fmt(r['first_s'])}"
+                            got += f", others' cores {r['others_cpu']}"
+                            print(f"#   {r['side']} {r['variant']}: {got}", file=sys.stderr, flush=True)
+                        busy = max(r["others_cpu"] for r in records)
+                        if not args.max_others or busy <= args.max_others or attempt == args.retries:
+                            break
+                        print(
+                            f"#   discarded (others kept {busy} cores busy); again",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     raw.extend(records)
 
     groups: dict[tuple[str, str, str], list[dict]] = {}
