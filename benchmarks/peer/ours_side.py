@@ -73,24 +73,13 @@ def versions() -> dict:
 
 def lapa_work_loss():
     """LAPA's finetune step: every head scored (its metrics), the action loss differentiated."""
-    import jax.numpy as jnp
-    import optax
+    from latent_pretraining.model import VOCABS
+    from latent_pretraining.train import token_losses
 
-    from latent_pretraining.model import VOCABS, Modality
+    every_head = dict.fromkeys(VOCABS, 1.0)
 
     def loss_fn(model, batch, rng):
-        logits = model(
-            batch["inputs"], batch["modality"], batch["positions"], batch["segment_ids"], heads=VOCABS
-        )
-        metrics = {}
-        for head in VOCABS:
-            mask = (batch["target_modality"] == Modality[head.upper()]) & (batch["segment_ids"] > 0)
-            w = batch["target_weight"] * mask
-            targets = jnp.where(mask, batch["targets"], 0)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits[head].astype(jnp.float32), targets)
-            count = jnp.maximum(jnp.sum(w), 1.0)
-            metrics[f"loss_{head}"] = jnp.sum(ce * w) / count
-            metrics[f"accuracy_{head}"] = jnp.sum((jnp.argmax(logits[head], axis=-1) == targets) * w) / count
+        _, metrics, _ = token_losses(model, batch, every_head)
         return metrics["loss_action"], metrics, None
 
     return loss_fn
