@@ -23,7 +23,7 @@ from latent_pretraining.deploy.client import ServerError, ServerPolicy, wait_unt
 from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
 from latent_pretraining.policy.policy import Policy
 from sim.env import EnvConfig, TabletopEnv
-from sim.evaluate import ExpertPolicy, NoOpPolicy, RandomPolicy, evaluate
+from sim.evaluate import ExpertPolicy, NoOpPolicy, RandomPolicy, evaluate, parse_tasks
 from sim.tasks import TASK_KINDS
 
 BASELINES = ("expert", "random", "noop")
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    tasks = tuple(t for t in args.tasks.split(",") if t)
-    if not tasks or set(tasks) - set(TASK_KINDS):
-        parser.error(f"--tasks {args.tasks!r}: choose one or more of {','.join(TASK_KINDS)}")
+    tasks = parse_tasks(parser, args.tasks)
     baselines = [b for b in args.baselines.split(",") if b]
     if set(baselines) - set(BASELINES):
         parser.error(f"--baselines {args.baselines!r}: choose from {','.join(BASELINES)}")

@@ -165,6 +165,14 @@ def evaluate(
     return summary
 
 
+def parse_tasks(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    """``--tasks``' comma-separated task kinds; a parser error unless each is one of TASK_KINDS."""
+    tasks = tuple(t for t in text.split(",") if t)
+    if not tasks or set(tasks) - set(TASK_KINDS):
+        parser.error(f"--tasks {text!r}: choose one or more of {','.join(TASK_KINDS)}")
+    return tasks
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"{'task':<12}{'success':>9}{'95% CI':>17}{'episodes':>10}{'mean len':>10}"]
     rows = [*summary["per_task"].items(), ("overall", summary["overall"])]
@@ -198,9 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         "random": lambda: RandomPolicy(args.seed),
         "noop": NoOpPolicy,
     }[args.policy]()
-    tasks = tuple(t for t in args.tasks.split(",") if t)
-    if not tasks or set(tasks) - set(TASK_KINDS):
-        parser.error(f"--tasks {args.tasks!r}: choose one or more of {','.join(TASK_KINDS)}")
+    tasks = parse_tasks(parser, args.tasks)
     summary = evaluate(policy, env, args.episodes, tasks, args.seed, args.out, args.videos)
     print(format_summary(summary))
     if args.out is not None:

@@ -86,3 +86,6 @@ def test_a_bundle_is_scored_beside_its_baselines_on_the_same_episodes(tmp_path, 
     assert printed.splitlines()[-5].split()[0] == "policy" and f"results: {out / 'results.json'}" in printed
     with pytest.raises(SystemExit, match="not both"):
         evaluate_main([*argv, "--server", "http://127.0.0.1:1"])
+    with pytest.raises(SystemExit):
+        evaluate_main(["--policy", str(bundle.directory), "--tasks", "fly"])
+    assert "--tasks 'fly': choose one or more of" in capsys.readouterr().err
