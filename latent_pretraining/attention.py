@@ -40,6 +40,37 @@ def attention_mask(
     return (causal & same)[:, None]
 
 
+# query block of the XLA self-attention path; each block attends only to the keys up to its end
+CAUSAL_BLOCK = 128
+
+
+def _causal_blocks(
+    q: jax.Array, k: jax.Array, v: jax.Array, q_segment: jax.Array, kv_segment: jax.Array
+) -> jax.Array:
+    """Self-attention one query block at a time against the keys at or before the block's end.
+
+    The keys after it are masked for every query of the block, so leaving them out gives the
+    same softmax with a third less score and gradient work at T = 384, near half for long T.
+    """
+    t = q.shape[1]
+    slots = jnp.arange(t, dtype=jnp.int32)
+    outs = []
+    for start in range(0, t, CAUSAL_BLOCK):
+        end = min(start + CAUSAL_BLOCK, t)
+        mask = attention_mask(
+            q_segment[:, start:end],
+            kv_segment[:, :end],
+            jnp.broadcast_to(slots[start:end], (q.shape[0], end - start)),
+            slots[:end],
+        )
+        outs.append(
+            jax.nn.dot_product_attention(
+                q[:, start:end], k[:, :end], v[:, :end], mask=mask, implementation="xla"
+            )
+        )
+    return jnp.concatenate(outs, axis=1)
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -49,12 +80,17 @@ def dot_product_attention(
     q_slot: jax.Array,
     kv_slot: jax.Array,
     backend: str = "xla",
+    self_attention: bool = False,
 ) -> jax.Array:
     """Multi-head (or grouped-query) causal attention.
 
     q: [B, T, N, D]; k, v: [B, S, K, D] with N a multiple of K. Segments: [B, T]
-    and [B, S]; slots: [B, T] and [S]. Returns [B, T, N, D].
+    and [B, S]; slots: [B, T] and [S]. Returns [B, T, N, D]. ``self_attention``:
+    the queries and keys are the same T tokens at slots 0..T-1 (training, prefill),
+    which lets the XLA path skip the key blocks the causal mask hides.
     """
+    if backend == "xla" and self_attention and q.shape[1] > CAUSAL_BLOCK:
+        return _causal_blocks(q, k, v, q_segment, kv_segment)
     mask = attention_mask(q_segment, kv_segment, q_slot, kv_slot)
     if backend == "cudnn":
         if jax.default_backend() != "gpu":

@@ -156,6 +156,7 @@ class DecoderBlock(nnx.Module):
             attn.q_slot,
             attn.kv_slot,
             self.backend,
+            self_attention=cache is None,
         )
         out = checkpoint_name(out.reshape(b, t, -1), "attn_out")
         x = x + with_logical_constraint(_dense(out, self.wo[...]), BATCH_LENGTH_EMBED)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from helpers import debug_config, debug_model, mixed_batch
 
-from latent_pretraining.attention import rope
+from latent_pretraining.attention import CAUSAL_BLOCK, dot_product_attention, rope
 from latent_pretraining.config import get_model_config, validate
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
@@ -144,6 +144,52 @@ def test_left_padding_does_not_change_real_tokens():
     for name in VOCABS:
         assert np.isfinite(padded[name]).all()
         np.testing.assert_allclose(padded[name][:, pad:], plain[name], rtol=1e-5, atol=1e-6)
+
+
+def _reference_attention(q, k, v, segments):
+    """Causal, same-segment softmax attention in float64 numpy."""
+    t, d = q.shape[1], q.shape[-1]
+    scores = np.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(d)
+    allowed = np.tril(np.ones((t, t), bool))[None] & (segments[:, :, None] == segments[:, None, :])
+    scores = np.where(allowed[:, None], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnd->btnd", weights, v)
+
+
+def test_causal_query_blocks_match_full_attention_and_its_gradient():
+    """Self-attention skips the key blocks after each query block: same output and gradient as
+    attending over every key, with padding, packing and a last block shorter than the others."""
+    t = 2 * CAUSAL_BLOCK + 44
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, t, 2, 8)).astype(np.float32) for _ in range(3))
+    segments = np.ones((2, t), np.int32)
+    segments[0, :30] = 0  # left padding
+    segments[1, CAUSAL_BLOCK - 10 :] = 2  # a second packed example across a block edge
+    slots = jnp.arange(t)
+
+    def attend(q, self_attention):
+        seg = jnp.asarray(segments)
+        return dot_product_attention(
+            q,
+            jnp.asarray(k),
+            jnp.asarray(v),
+            seg,
+            seg,
+            jnp.broadcast_to(slots, (2, t)),
+            slots,
+            self_attention=self_attention,
+        )
+
+    blocked = np.asarray(attend(jnp.asarray(q), True))
+    reference = _reference_attention(
+        q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), segments
+    )
+    np.testing.assert_allclose(blocked, reference, rtol=1e-4, atol=1e-5)
+    weights = jnp.asarray(rng.normal(size=blocked.shape).astype(np.float32))
+    grads = [jax.grad(lambda q, s=s: jnp.sum(attend(q, s) * weights))(jnp.asarray(q)) for s in (True, False)]
+    np.testing.assert_allclose(np.asarray(grads[0]), np.asarray(grads[1]), rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(grads[0])).max() > 0.1
 
 
 def test_grouped_query_attention_shapes_and_equivalence():

@@ -8,8 +8,9 @@ Prints one JSON line (``stages.record``, ``"side": "ours"``). Per stage kind:
   ``core.state.compile_step`` with donation) with the ``lapa.py:finetune`` preset's optimizer (AdamW,
   constant lr, global-norm clip), the model fields of the stage, then ``device_get`` of the metrics.
   Variants: ``finetune`` is our finetune objective (``train.loss_for``: the action head only, as
-  ``config.loss`` weights it); ``lapa_work`` does what LAPA's step does: all four heads forward and
-  scored, the gradient of the action loss only.
+  ``config.loss`` weights it); ``finetune_unrolled`` the same with ``scan_layers=False`` (LAPA's jobs
+  scan the layers; both sides do in the other variants); ``lapa_work`` does what LAPA's step does:
+  all four heads forward and scored, the gradient of the action loss only.
 - ``generate``: ``Sampler.generate`` (prompt left-padded to its length bucket); latent tokens greedy as
   LAPA's latent sampler (``model.generate``), action tokens sampled at temperature 1 from the top 50 as
   LAPA's ``generate_vision`` does.
@@ -37,7 +38,8 @@ import stages  # noqa: E402
 SIDE = "ours"
 
 
-def model_config(model: dict):
+def model_config(model: dict, scan_layers: bool = True):
+    """Our model config at the stage's fields; layers scanned as in LAPA's jobs unless told."""
     from latent_pretraining.config import get_model_config
 
     c = get_model_config("7b")
@@ -57,7 +59,7 @@ def model_config(model: dict):
     c.num_kv_heads = model["num_heads"]
     c.param_dtype = "float32"
     c.remat_policy = "full" if model["remat"] else "none"
-    c.scan_layers = True
+    c.scan_layers = scan_layers
     c.attention_backend = "xla"
     return c
 
@@ -98,7 +100,7 @@ def bench_vla_train(config: dict, variant: str, warmup: int, repeats: int) -> di
     from latent_pretraining.train import loss_for
 
     run = get_config("finetune")
-    run.model = model_config(config["model"])
+    run.model = model_config(config["model"], scan_layers=variant != "finetune_unrolled")
     run.mesh = "1,-1,1,1"
     opt = config["optimizer"]
     run.optimizer.learning_rate = opt["lr"]
@@ -106,7 +108,8 @@ def bench_vla_train(config: dict, variant: str, warmup: int, repeats: int) -> di
     run.optimizer.b1, run.optimizer.b2 = opt["b1"], opt["b2"]
     run.optimizer.weight_decay = opt["weight_decay"]
     run.optimizer.clip_gradient = opt["clip_gradient"]
-    loss_fn = {"finetune": lambda: loss_for(run), "lapa_work": lapa_work_loss}[variant]()
+    objective = {"finetune": lambda: loss_for(run), "lapa_work": lapa_work_loss}
+    loss_fn = objective.get(variant, objective["finetune"])()
 
     b, length = config["batch"], config["seq_len"]
     ids, modality = stages.train_rows(config["model"], b, length + 1)
@@ -267,7 +270,7 @@ def bench_preprocess(config: dict, warmup: int, repeats: int, input_path: str) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=sorted(stages.STAGES), required=True)
-    p.add_argument("--variant", default="default", help="vla_train stages: finetune | lapa_work")
+    p.add_argument("--variant", default="default", help="vla_train stages: finetune | finetune_unrolled | lapa_work")
     p.add_argument("--warmup", type=int, default=stages.TIMING["full"]["warmup"])
     p.add_argument("--repeats", type=int, default=stages.TIMING["full"]["repeats"])
     p.add_argument("--quick", action="store_true", help="the stage's --quick config (fewer preprocess rows)")
