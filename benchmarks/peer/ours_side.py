@@ -270,7 +270,7 @@ def bench_preprocess(config: dict, warmup: int, repeats: int, input_path: str) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=sorted(stages.STAGES), required=True)
-    p.add_argument("--variant", default="default", help="vla_train stages: finetune | finetune_unrolled | lapa_work")
+    p.add_argument("--variant", default="default", help="vla_train: finetune, finetune_unrolled or lapa_work")
     p.add_argument("--warmup", type=int, default=stages.TIMING["full"]["warmup"])
     p.add_argument("--repeats", type=int, default=stages.TIMING["full"]["repeats"])
     p.add_argument("--quick", action="store_true", help="the stage's --quick config (fewer preprocess rows)")

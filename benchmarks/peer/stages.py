@@ -108,7 +108,7 @@ QUICK_ROWS = 10_000  # preprocess rows in --quick
 # what the table's rows are: (label, stage, our variant, field of each side's record)
 ROWS = [
     ("VLA finetune step, 24M, batch 4 x 384, f32", "vla_24m", "finetune", "median_s"),
-    ("  same step, our layers unrolled (LAPA's jobs scan theirs)", "vla_24m", "finetune_unrolled", "median_s"),
+    ("  same step, our layers unrolled (LAPA's jobs scan)", "vla_24m", "finetune_unrolled", "median_s"),
     ("  same step doing LAPA's work (4 heads fwd, action-loss grad)", "vla_24m", "lapa_work", "median_s"),
     ("VLA finetune step, 67M, batch 4 x 384, f32", "vla_67m", "finetune", "median_s"),
     ("generation, batch 1, 303-token prompt + 4 latent", "gen_latent", "default", "median_s"),
