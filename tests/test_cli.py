@@ -116,3 +116,38 @@ def test_rlds_writing_and_reading_print_no_tensorflow_start_up_lines(tmp_path):
     for out in (write, read):
         output = out.stdout + out.stderr
         assert not [noise for noise in NOISE if noise in output], output[-4000:]
+
+
+CACHE_PROBE = """
+import jax, jax.numpy as jnp
+from latent_pretraining.core.compile_cache import enable_compilation_cache
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+print(enable_compilation_cache())
+jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()
+print("hits", sum(e.endswith("/cache_hits") for e in events))
+"""
+
+
+def test_tools_cache_compiled_programs_for_the_next_process(tmp_path):
+    """The second process loads the first one's program from ~/.cache; an empty
+    JAX_COMPILATION_CACHE_DIR turns the cache off."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+    def probe(**extra: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", CACHE_PROBE],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.split("\n")
+
+    folder = tmp_path / ".cache" / "latent_pretraining" / "jax"
+    first, second = probe(), probe()
+    assert first[0] == second[0] == str(folder)
+    assert first[1] == "hits 0" and second[1] != "hits 0"
+    assert any(folder.iterdir())
+    assert probe(JAX_COMPILATION_CACHE_DIR="")[:2] == ["None", "hits 0"]

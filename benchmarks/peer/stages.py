@@ -89,7 +89,7 @@ STAGES: dict[str, dict] = {
     "lam": {
         "kind": "lam_train",
         "config": {"model": LAQ_64, "optimizer": LAQ_OPTIMIZER, "batch": 8},
-        "ours": ["default"],
+        "ours": ["default", "cached"],
     },
     "preprocess": {
         "kind": "preprocess",
@@ -115,6 +115,7 @@ ROWS = [
     ("generation, batch 1, 303-token prompt + 7 action", "gen_action", "default", "median_s"),
     ("LAM train step, LAPA's LAQ at 64 px, batch 8", "lam", "default", "median_s"),
     ("LAM first step (LAPA eager; ours compile + step)", "lam", "default", "first_s"),
+    ("  rerun: ours with the compiled step in the disk cache", "lam", "cached", "first_s"),
     ("finetune_preprocess, whole process", "preprocess", "default", "median_s"),
 ]
 

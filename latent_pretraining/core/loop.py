@@ -19,6 +19,7 @@ from tqdm import tqdm
 from latent_pretraining.core.batches import BatchStream
 from latent_pretraining.core.checkpointing import Checkpointer, CheckpointError, saved_steps
 from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
+from latent_pretraining.core.compile_cache import enable_compilation_cache
 from latent_pretraining.core.logger import MetricsLogger
 from latent_pretraining.core.sharding import maybe_initialize_distributed
 from latent_pretraining.core.state import TrainState, abstract_state, global_batch
@@ -112,7 +113,9 @@ def config_help(spec: str, config: Any) -> str:
 
 def run_cli(train: Callable[[Any], Any], config: Any) -> Any:
     """``train(config)`` for a command line: a bad input, option or checkpoint ends the process
-    with its one-line message (naming the file and row), not a traceback."""
+    with its one-line message (naming the file and row), not a traceback. Compiled programs are
+    cached on disk, so a rerun or a resume skips the compile."""
+    enable_compilation_cache()
     with exit_on(*INPUT_ERRORS, CheckpointError):
         return train(config)
 
