@@ -1,0 +1,113 @@
+"""The pipeline's results: each learned number beside a baseline worked out by hand here."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from latent_pretraining import report
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run_dir(path, record):
+    path.mkdir()
+    _jsonl(path / "metrics.jsonl", [{"step": 1, "train/loss": 2.0}, {"step": 2, **record}])
+    return path
+
+
+def _closed_loop(path, rates):
+    policies = {
+        name: {"overall": {"success_rate": r, "ci95": [max(r - 0.1, 0), r + 0.1], "episodes": 10}}
+        for name, r in rates.items()
+    }
+    path.write_text(json.dumps({"policies": policies}))
+    return path
+
+
+def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, capsys):
+    latent_run = _run_dir(tmp_path / "latent", {"eval/accuracy_latent": 0.6})
+    # majority per position over training rows: [1, 2]; held out: 2 of 4 codes match -> 0.5
+    latent_train = _jsonl(tmp_path / "lt.jsonl", [{"delta": [1, 2]}, {"delta": [1, 3]}, {"delta": [0, 2]}])
+    latent_eval = _jsonl(tmp_path / "le.jsonl", [{"delta": [1, 2]}, {"delta": [0, 3]}])
+    finetune_run = _run_dir(
+        tmp_path / "finetune",
+        {
+            "eval/action_mae": 1.0,
+            "eval/action_mae_0": 1.5,
+            "eval/action_mae_1": 0.0,
+            "eval/accuracy_action": 0.25,
+        },
+    )
+    # dx: training mean 1, held-out 3 -> MAE 2; dy never moves, so it is left out.
+    # tokens: majority [5, 7]; held out [5, 8] -> 1 of 2
+    train_rows = [
+        {"raw_actions": [0.0, 1.0], "action": [5, 7]},
+        {"raw_actions": [2.0, 1.0], "action": [5, 7]},
+    ]
+    finetune_train = _jsonl(tmp_path / "ft.jsonl", train_rows)
+    finetune_eval = _jsonl(tmp_path / "fe.jsonl", [{"raw_actions": [3.0, 1.0], "action": [5, 8]}])
+    closed = _closed_loop(
+        tmp_path / "results.json", {"policy": 0.3, "expert": 1.0, "random": 0.1, "noop": 0.4}
+    )
+    out = tmp_path / "out"
+    report.main(
+        [
+            "--out", str(out),
+            "--latent_run", str(latent_run), "--latent_train", str(latent_train),
+            "--latent_eval", str(latent_eval),
+            "--finetune_run", str(finetune_run), "--finetune_train", str(finetune_train),
+            "--finetune_eval", str(finetune_eval), "--closed_loop", str(closed),
+        ]
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["latent"]["accuracy"] == 0.6 and results["latent"]["majority_baseline"] == 0.5
+    assert results["action"]["mae_per_moving_dimension"] == {"dx": {"mae": 1.5, "mean_baseline": 2.0}}
+    assert results["action"]["token_majority_baseline"] == 0.5
+    printed = capsys.readouterr().out
+    assert "latent-code accuracy 0.600 is above the per-position majority code's 0.500" in printed
+    assert "action MAE of dx 1.5000 is below the training mean's 2.0000" in printed
+    assert "action-token accuracy 0.250 is NOT above the per-dimension majority token's 0.500" in printed
+    assert "is above the random policy's 0.10" in printed and "is NOT above the noop policy's 0.40" in printed
+    markdown = (out / "report.md").read_text()
+    assert "| expert | 1.00 | [0.90, 1.10] | 10 |" in markdown and "| dx | 1.5000 | 2.0000 |" in markdown
+
+
+def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
+    run = _run_dir(tmp_path / "latent", {"eval/accuracy_latent": 0.6})
+    good = _jsonl(tmp_path / "lt.jsonl", [{"delta": [1]}])
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"delta": [1]}\n{"delta": \n')
+    no_field = _jsonl(tmp_path / "nofield.jsonl", [{"delta": [1]}, {"codes": [1]}])
+    out = tmp_path / "out"
+    for held_out, message in (
+        (bad_json, "bad.jsonl, line 2: not JSON"),
+        (no_field, "nofield.jsonl, row 2: no 'delta'"),
+    ):
+        argv = [
+            "--out",
+            str(out),
+            "--latent_run",
+            str(run),
+            "--latent_train",
+            str(good),
+            "--latent_eval",
+            str(held_out),
+        ]
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            report.main(argv)
+    assert not (out / "results.json").exists()
+    unevaluated = _run_dir(tmp_path / "unevaluated", {"train/loss": 1.0})
+    with pytest.raises(
+        SystemExit,
+        match=re.escape("unevaluated/metrics.jsonl: no evaluation record with eval/accuracy_latent"),
+    ):
+        report.main(["--out", str(out), "--latent_run", str(unevaluated), "--latent_train", str(good),
+                     "--latent_eval", str(good)])  # fmt: skip
+    with pytest.raises(SystemExit):
+        report.main(["--out", str(out), "--latent_run", str(run)])  # the rows are missing
