@@ -1,0 +1,73 @@
+"""Splits pipeline rows (JSONL) by episode into training and held-out files.
+
+    python -m data.split_episodes --input rows.jsonl --train train.jsonl --eval eval.jsonl --held_out 3
+
+The last ``--held_out`` episodes, in the order their rows first appear, go to ``--eval``; no
+episode is in both files. A row's episode is its ``episode_id`` field, else the folder of its
+``image`` (the tabletop export's ``episode_000012/004.png``). Both files are written together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from latent_pretraining.core.cli import exit_on
+from latent_pretraining.core.files import check_output_paths, write_together
+
+
+def episode_of(row: dict, path: Path, number: int) -> str:
+    if "episode_id" in row:
+        return str(row["episode_id"])
+    if "image" in row:
+        return Path(row["image"]).parent.name
+    raise ValueError(
+        f"{path}, row {number}: neither an 'episode_id' nor an 'image' field to take the episode from"
+    )
+
+
+def split(path: Path, held_out: int) -> tuple[list[str], list[str], int]:
+    """(training lines, held-out lines, number of episodes) of the JSONL file at ``path``."""
+    lines, episodes = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, row {number}: not JSON ({e.msg})") from None
+            lines.append(line if line.endswith("\n") else line + "\n")
+            episodes.append(episode_of(row, path, number))
+    order = list(dict.fromkeys(episodes))
+    if not 0 < held_out < len(order):
+        raise ValueError(f"{path}: {len(order)} episodes; --held_out must be between 1 and {len(order) - 1}")
+    evaluated = set(order[-held_out:])
+    train = [line for line, e in zip(lines, episodes, strict=True) if e not in evaluated]
+    held = [line for line, e in zip(lines, episodes, strict=True) if e in evaluated]
+    return train, held, len(order)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--train", type=Path, required=True, help="the rows of the other episodes")
+    p.add_argument("--eval", type=Path, required=True, help="the rows of the held-out episodes")
+    p.add_argument("--held_out", type=int, required=True, help="episodes to hold out (the last ones)")
+    args = p.parse_args(argv)
+    with exit_on():
+        check_output_paths({"--input": args.input}, {"--train": args.train, "--eval": args.eval})
+        train, held, episodes = split(args.input, args.held_out)
+        write_together(
+            [
+                (args.train, lambda path: path.write_text("".join(train))),
+                (args.eval, lambda path: path.write_text("".join(held))),
+            ]
+        )
+    print(f"{len(train)} rows of {episodes - args.held_out} episodes -> {args.train}")
+    print(f"{len(held)} rows of {args.held_out} held-out episodes -> {args.eval}")
+
+
+if __name__ == "__main__":
+    main()
