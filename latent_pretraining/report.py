@@ -119,7 +119,7 @@ def latent_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
 
 
 def action_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
-    metrics = last_eval(run, "action_mae")
+    metrics = last_eval(run, "accuracy_action")
     raw, tokens = {}, {}
     for path in (train_path, eval_path):
         rows = read_jsonl(path)
@@ -129,15 +129,15 @@ def action_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
     mean_mae = np.abs(held_out - train.mean(axis=0)).mean(axis=0)
     moving = [i for i in range(train.shape[1]) if train[:, i].std() > STILL]
     names = [ACTION_NAMES[i] if i < len(ACTION_NAMES) else str(i) for i in range(train.shape[1])]
+    # no MAE when no held-out prediction decodes to an action (every one has an id outside its bins)
     per_dim = {
-        names[i]: {"mae": float(metrics[f"action_mae_{i}"]), "mean_baseline": float(mean_mae[i])}
-        for i in moving
+        names[i]: {"mae": metrics.get(f"action_mae_{i}"), "mean_baseline": float(mean_mae[i])} for i in moving
     }
     accuracy = float(metrics["accuracy_action"])
     token_baseline = majority_accuracy(tokens[train_path], tokens[eval_path])
     verdicts = [
-        f"action MAE of {name} {v['mae']:.4f} is "
-        + ("below" if v["mae"] < v["mean_baseline"] else "NOT below")
+        f"action MAE of {name} {_number(v['mae'], 4)} is "
+        + ("below" if v["mae"] is not None and v["mae"] < v["mean_baseline"] else "NOT below")
         + f" the training mean's {v['mean_baseline']:.4f}"
         for name, v in per_dim.items()
     ]
@@ -150,9 +150,14 @@ def action_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
         "mae_per_moving_dimension": per_dim,
         "token_accuracy": accuracy,
         "token_majority_baseline": token_baseline,
+        "invalid_rate": metrics.get("action_invalid_rate"),
         "held_out_rows": len(held_out),
         "verdicts": verdicts,
     }
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "none (no held-out prediction decodes to an action)" if value is None else f"{value:.{digits}f}"
 
 
 def closed_loop_part(results_path: Path) -> dict[str, Any]:
@@ -189,7 +194,8 @@ def markdown(results: dict[str, Any]) -> str:
     if "action" in results:
         lines += ["", "| dimension | MAE | training-mean MAE |", "|---|---|---|"]
         for name, v in results["action"]["mae_per_moving_dimension"].items():
-            lines.append(f"| {name} | {v['mae']:.4f} | {v['mean_baseline']:.4f} |")
+            mae = "none" if v["mae"] is None else f"{v['mae']:.4f}"
+            lines.append(f"| {name} | {mae} | {v['mean_baseline']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

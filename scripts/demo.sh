@@ -1,77 +1,156 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the demo on built-in synthetic data (CPU is enough, about 6 minutes on 2 cores):
-#   1. the synthetic tabletop world writes a small dataset in every format the pipeline reads,
-#   2. the closed-loop evaluator scores the scripted expert and a random policy,
-#   3. a small VQGAN tokenizer trains on the tabletop frames and pre-tokenizes them,
-#   4. the latent action model trains on the videos and labels every frame with latent codes
-#      (LAPA's latent-pretraining JSONL, with the vision tokens of step 3), and the debug VLA is
-#      latent-pretrained on them,
-#   5. LAPA's finetune preprocessing bins the expert's actions (with vision tokens from step 3), and the
-#      latent-pretrained VLA is finetuned on them and scored on held-out episodes (action accuracy, MAE),
-#   6. the finetuned VLA becomes a policy bundle ($OUT/policy), acts on a held-out frame, is served
-#      (one REST /act request) and is evaluated closed-loop through the server beside the baselines,
-#   7. the VLA core trains on synthetic latent-action rows, exports a LAPA checkpoint, reloads
-#      it and generates latent actions with the KV-cache sampler.
-# Output goes to $DEMO_OUT (default demo_out/). Extra arguments go to step 7.
-set -euo pipefail
+# The whole method on the built-in tabletop world, CPU only. Sets up .venv, then:
+#   bash scripts/demo.sh [micro|quick|full]     # default quick; output in $DEMO_OUT (default demo_out/<preset>)
+#  1 data        tabletop episodes: videos, RLDS and LAPA's finetune JSON
+#  2 tokenizer   a small VQGAN trained on the frames; every frame row gets its vision codes
+#  3 lam         the latent action model, trained on the videos without their actions
+#  4 labels      every frame labelled with latent codes (LAPA's latent-pretraining JSONL), split by episode
+#  5 pretrain    the debug VLA latent-pretrained on those labels
+#  6 preprocess  LAPA's finetune preprocessing: the expert's actions binned, split by episode
+#  7 finetune    the latent-pretrained VLA finetuned on the labelled actions
+#  8 policy      a policy bundle of the finetuned VLA, which acts on a held-out frame
+#  9 deploy      the bundle served over HTTP: one /act request, then closed-loop evaluation through the
+#                server beside the expert, random and no-op policies
+# 10 results     every learned number beside its trivial baseline: results/results.json, results/report.md
+# micro: every stage on tiny data, checking artefacts, not quality (the test suite runs it). quick: the
+# README's default. full: longer runs (hours). A finished stage records its settings in .stages/; a rerun
+# reuses a stage whose record and outputs are there and continues from the first that is not (trainers
+# resume from their checkpoints). A failure stops the pipeline and names the stage.
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
+PRESET=${1:-quick}
+case $PRESET in
+  micro) EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10 BATCH=4 BINS=8 EVAL_EPISODES=1 ;;
+  quick) EPISODES=30 HELD_OUT=3 IMAGE_STEPS=150 LAM_STEPS=200 PRETRAIN_STEPS=200 FINETUNE_STEPS=300 BATCH=16 BINS=32 EVAL_EPISODES=3 ;;
+  full) EPISODES=200 HELD_OUT=20 IMAGE_STEPS=2000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000 BATCH=16 BINS=32 EVAL_EPISODES=10 ;;
+  *) echo "usage: bash scripts/demo.sh [micro|quick|full]  (got '$PRESET')" >&2; exit 2 ;;
+esac
+SETTINGS="$PRESET episodes=$EPISODES held_out=$HELD_OUT steps=$IMAGE_STEPS,$LAM_STEPS,$PRETRAIN_STEPS,$FINETUNE_STEPS batch=$BATCH bins=$BINS"
 bash scripts/setup_env.sh
-OUT=${DEMO_OUT:-demo_out}
+OUT=${DEMO_OUT:-demo_out/$PRESET}
 PY=.venv/bin/python
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-echo "== 1. tabletop world -> $OUT/tabletop (videos, RLDS, LAPA finetune JSON)"
-$PY -m data.make_tabletop --out "$OUT/tabletop" --episodes 30 --noise 0.1 --overwrite
-echo "== 2. closed-loop evaluation: scripted expert vs random policy"
-$PY -m sim.evaluate --policy expert --episodes 5 --out "$OUT/eval_expert"
-$PY -m sim.evaluate --policy random --episodes 5 --out "$OUT/eval_random" --videos 1
-echo "== 3. image tokenizer: train a tiny VQGAN on the frames, then add 'vision' codes to every frame row"
-$PY -m latent_pretraining.vqgan train --config=latent_pretraining/configs/vqgan.py:tiny \
-    --config.data.source=folder --config.data.path="$OUT/tabletop/videos" --config.data.limit=0 \
-    --config.total_steps=150 --config.eval_every=0 --config.save_every=150 --config.run_dir="$OUT/vqgan"
-rm -f "$OUT/frames.vision.jsonl"
-$PY -m latent_pretraining.vqgan encode --checkpoint "$OUT/vqgan/vqgan" \
-    --input "$OUT/tabletop/videos/frames.jsonl" --output "$OUT/frames.vision.jsonl"
-echo "== 4. latent actions: train the latent action model, label every frame, latent-pretrain the debug VLA"
-rm -rf "$OUT/lam" "$OUT/latent.jsonl"
-$PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
-    --config.data.path="$OUT/tabletop/videos" --config.total_steps=200 --config.eval_every=0 \
-    --config.save_every=200 --config.optimizer.learning_rate=5e-4 --config.run_dir="$OUT/lam"
-$PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/tabletop/videos" --out "$OUT/latent.jsonl" \
-    --vqgan_checkpoint "$OUT/vqgan/vqgan"
-head -n 460 "$OUT/latent.jsonl" > "$OUT/latent_train.jsonl"   # rows are in episode order:
-tail -n +461 "$OUT/latent.jsonl" > "$OUT/latent_eval.jsonl"   # the last episodes are held out
-$PY -m data.train_text_tokenizer --input "$OUT/latent.jsonl" --output "$OUT/tokenizer.model"
-rm -rf "$OUT/vla_latent"
-$PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_latent \
-    --config.data.train="$OUT/latent_train.jsonl" --config.data.eval="$OUT/latent_eval.jsonl" \
-    --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
-    --config.total_steps=200 --config.batch_size=16 --config.eval_every=0 --config.run_dir="$OUT/vla_latent"
-echo "== 5. actions: bin the expert's actions, finetune the latent-pretrained VLA on them, score held-out episodes"
-$PY -m data.finetune_preprocess --input_path "$OUT/tabletop/finetune.json" --output_filename "$OUT/finetune.jsonl" \
-    --csv_filename "$OUT/bins.csv" --discretize_bins 32 --vqgan_checkpoint "$OUT/vqgan/vqgan"
-head -n 430 "$OUT/finetune.jsonl" > "$OUT/finetune_train.jsonl"   # rows are in episode order:
-tail -n +431 "$OUT/finetune.jsonl" > "$OUT/finetune_eval.jsonl"   # the last episodes are held out
-rm -rf "$OUT/vla_finetune"
-$PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_finetune \
-    --config.data.train="$OUT/finetune_train.jsonl" --config.data.eval="$OUT/finetune_eval.jsonl" \
-    --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
-    --config.data.action_bins="$OUT/bins.csv" --config.total_steps=300 --config.batch_size=16 --config.eval_every=0 \
-    --config.init="$OUT/vla_latent" --config.run_dir="$OUT/vla_finetune"
-echo "== 6. deploy: bundle the finetuned VLA, act on a held-out frame, serve it, evaluate it closed-loop"
-$PY -m latent_pretraining.policy export --run "$OUT/vla_finetune" --out "$OUT/policy" --vqgan "$OUT/vqgan/vqgan"
-LAST_FRAME=$(tail -n 1 "$OUT/tabletop/videos/frames.jsonl")   # of a held-out episode
-FRAME=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["image"])' "$LAST_FRAME")
-TASK=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["instruction"])' "$LAST_FRAME")
-$PY -m latent_pretraining.inference --policy "$OUT/policy" --image "$FRAME" --instruction "$TASK"
-PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-$PY -m latent_pretraining.deploy --policy "$OUT/policy" --port "$PORT" --max_batch 1 > "$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-$PY -m latent_pretraining.deploy.client --url "http://127.0.0.1:$PORT" --wait_s 300 --image "$FRAME" \
-    --instruction "$TASK"
-$PY -m latent_pretraining.evaluate --server "http://127.0.0.1:$PORT" --episodes 3 --out "$OUT/eval_policy" \
-    --videos 1
-kill $SERVER && wait $SERVER 2>/dev/null || true
-trap - EXIT
-echo "== 7. VLA core: train, export a LAPA checkpoint, reload, generate latent actions"
-$PY -m latent_pretraining.demo --out "$OUT/vla" "$@"
+mkdir -p "$OUT/.stages"
+save_every() { echo $(( $1 < 500 ? $1 : 500 )); }   # checkpoints a killed full run resumes from
+
+STAGE="" RAN_ONE=0
+trap 'echo "demo ($PRESET): stage \"$STAGE\" failed; fix it and rerun: finished stages are reused" >&2' ERR
+# stage NAME OUTPUT... -- FUNCTION: runs FUNCTION unless NAME finished before with these settings, its
+# outputs exist and no earlier stage ran again; FRESH=1 tells FUNCTION to start over rather than resume
+stage() {
+  STAGE=$1; shift
+  local outputs=() record="$OUT/.stages/$STAGE" missing=0
+  while [ "$1" != "--" ]; do outputs+=("$1"); shift; done; shift
+  for o in "${outputs[@]}"; do [ -e "$o" ] || missing=1; done
+  if [ "$RAN_ONE" = 0 ] && [ "$missing" = 0 ] && [ -f "$record" ] && [ "$(cat "$record")" = "$SETTINGS" ]; then
+    echo "== $STAGE: finished before, reusing ${outputs[*]}"
+    return
+  fi
+  echo "== $STAGE"
+  FRESH=$RAN_ONE
+  rm -f "$record"
+  "$@"
+  for o in "${outputs[@]}"; do
+    [ -e "$o" ] || { echo "demo ($PRESET): stage \"$STAGE\" finished without writing $o" >&2; exit 1; }
+  done
+  printf '%s' "$SETTINGS" > "$record"
+  RAN_ONE=1
+}
+fresh() { if [ "$FRESH" = 1 ]; then rm -rf "$@"; fi; }   # a trainer's run dir: resumed unless upstream changed
+
+data() {
+  $PY -m data.make_tabletop --out "$OUT/tabletop" --episodes "$EPISODES" --noise 0.1 --overwrite
+}
+tokenizer() {
+  fresh "$OUT/vqgan"
+  $PY -m latent_pretraining.vqgan train --config=latent_pretraining/configs/vqgan.py:tiny \
+      --config.data.source=folder --config.data.path="$OUT/tabletop/videos" --config.data.limit=0 \
+      --config.total_steps="$IMAGE_STEPS" --config.eval_every=0 --config.save_every="$(save_every "$IMAGE_STEPS")" \
+      --config.run_dir="$OUT/vqgan"
+  rm -f "$OUT/frames.vision.jsonl"
+  $PY -m latent_pretraining.vqgan encode --checkpoint "$OUT/vqgan/vqgan" \
+      --input "$OUT/tabletop/videos/frames.jsonl" --output "$OUT/frames.vision.jsonl"
+}
+lam() {
+  fresh "$OUT/lam"
+  $PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
+      --config.data.path="$OUT/tabletop/videos" --config.total_steps="$LAM_STEPS" --config.eval_every=0 \
+      --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=5e-4 --config.run_dir="$OUT/lam"
+}
+labels() {
+  rm -f "$OUT/latent.jsonl"
+  $PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/tabletop/videos" --out "$OUT/latent.jsonl" \
+      --vqgan_checkpoint "$OUT/vqgan/vqgan"
+  $PY -m data.split_episodes --input "$OUT/latent.jsonl" --train "$OUT/latent_train.jsonl" \
+      --eval "$OUT/latent_eval.jsonl" --held_out "$HELD_OUT"
+  $PY -m data.train_text_tokenizer --input "$OUT/latent.jsonl" --output "$OUT/tokenizer.model"
+}
+pretrain() {
+  fresh "$OUT/vla_latent"
+  $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_latent \
+      --config.data.train="$OUT/latent_train.jsonl" --config.data.eval="$OUT/latent_eval.jsonl" \
+      --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
+      --config.total_steps="$PRETRAIN_STEPS" --config.save_every="$(save_every "$PRETRAIN_STEPS")" \
+      --config.batch_size="$BATCH" --config.eval_every=0 --config.run_dir="$OUT/vla_latent"
+}
+preprocess() {
+  $PY -m data.finetune_preprocess --input_path "$OUT/tabletop/finetune.json" --output_filename "$OUT/finetune.jsonl" \
+      --csv_filename "$OUT/bins.csv" --discretize_bins "$BINS" --vqgan_checkpoint "$OUT/vqgan/vqgan"
+  $PY -m data.split_episodes --input "$OUT/finetune.jsonl" --train "$OUT/finetune_train.jsonl" \
+      --eval "$OUT/finetune_eval.jsonl" --held_out "$HELD_OUT"
+}
+finetune() {
+  fresh "$OUT/vla_finetune"
+  $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_finetune \
+      --config.data.train="$OUT/finetune_train.jsonl" --config.data.eval="$OUT/finetune_eval.jsonl" \
+      --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
+      --config.data.action_bins="$OUT/bins.csv" --config.total_steps="$FINETUNE_STEPS" \
+      --config.save_every="$(save_every "$FINETUNE_STEPS")" --config.batch_size="$BATCH" --config.eval_every=0 \
+      --config.init="$OUT/vla_latent" --config.run_dir="$OUT/vla_finetune"
+}
+policy() {
+  rm -rf "$OUT/policy"
+  $PY -m latent_pretraining.policy export --run "$OUT/vla_finetune" --out "$OUT/policy" --vqgan "$OUT/vqgan/vqgan"
+  read_last_frame
+  $PY -m latent_pretraining.inference --policy "$OUT/policy" --image "$FRAME" --instruction "$TASK"
+}
+read_last_frame() {  # FRAME and TASK: the last frame of the last (held-out) episode
+  local last
+  last=$(tail -n 1 "$OUT/tabletop/videos/frames.jsonl")
+  FRAME=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["image"])' "$last")
+  TASK=$($PY -c 'import json, sys; print(json.loads(sys.argv[1])["instruction"])' "$last")
+}
+deploy() {
+  read_last_frame
+  local port server
+  port=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  $PY -m latent_pretraining.deploy --policy "$OUT/policy" --port "$port" --max_batch 1 > "$OUT/server.log" 2>&1 &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  $PY -m latent_pretraining.deploy.client --url "http://127.0.0.1:$port" --wait_s 300 --image "$FRAME" \
+      --instruction "$TASK"
+  rm -rf "$OUT/eval_policy"
+  $PY -m latent_pretraining.evaluate --server "http://127.0.0.1:$port" --episodes "$EVAL_EPISODES" \
+      --out "$OUT/eval_policy" --videos 1
+  kill "$server" && wait "$server" 2>/dev/null || true
+  trap - EXIT
+}
+results() {
+  $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/quality.json" \
+      --latent_run "$OUT/vla_latent" --latent_train "$OUT/latent_train.jsonl" --latent_eval "$OUT/latent_eval.jsonl" \
+      --finetune_run "$OUT/vla_finetune" --finetune_train "$OUT/finetune_train.jsonl" \
+      --finetune_eval "$OUT/finetune_eval.jsonl" --closed_loop "$OUT/eval_policy/results.json"
+}
+
+stage data "$OUT/tabletop/videos/frames.jsonl" "$OUT/tabletop/finetune.json" -- data
+stage tokenizer "$OUT/vqgan/vqgan" "$OUT/frames.vision.jsonl" -- tokenizer
+stage lam "$OUT/lam/export" "$OUT/lam/quality.json" -- lam
+stage labels "$OUT/latent_train.jsonl" "$OUT/latent_eval.jsonl" "$OUT/tokenizer.model" -- labels
+stage pretrain "$OUT/vla_latent/summary.json" -- pretrain
+stage preprocess "$OUT/finetune_train.jsonl" "$OUT/finetune_eval.jsonl" "$OUT/bins.csv" -- preprocess
+stage finetune "$OUT/vla_finetune/summary.json" -- finetune
+stage policy "$OUT/policy/policy.json" -- policy
+stage deploy "$OUT/eval_policy/results.json" -- deploy
+stage results "$OUT/results/results.json" "$OUT/results/report.md" -- results
+echo "== done ($PRESET): $OUT/results/report.md (open it first), $OUT/results/results.json,"
+echo "   closed-loop GIFs under $OUT/eval_policy/, the policy bundle in $OUT/policy"

@@ -31,7 +31,7 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "command", [["-m", "latent_pretraining.demo"], ["-m", "lam.label"], ["data/finetune_preprocess.py"]]
+    "command", [["-m", "latent_pretraining.report"], ["-m", "lam.label"], ["data/finetune_preprocess.py"]]
 )
 def test_help_prints_usage_and_no_start_up_noise(command):
     out = _run(["-X", "importtime", *command, "--help"])  # stderr also lists every module imported

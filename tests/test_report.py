@@ -111,3 +111,22 @@ def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
                      "--latent_eval", str(good)])  # fmt: skip
     with pytest.raises(SystemExit):
         report.main(["--out", str(out), "--latent_run", str(run)])  # the rows are missing
+
+
+def test_an_action_head_with_no_valid_prediction_has_no_mae_and_does_not_beat_the_mean(tmp_path, capsys):
+    run = _run_dir(tmp_path / "finetune", {"eval/accuracy_action": 0.1, "eval/action_invalid_rate": 1.0})
+    rows = _jsonl(
+        tmp_path / "rows.jsonl",
+        [{"raw_actions": [0.0], "action": [1]}, {"raw_actions": [2.0], "action": [1]}],
+    )
+    out = tmp_path / "out"
+    argv = ["--finetune_run", str(run), "--finetune_train", str(rows), "--finetune_eval", str(rows)]
+    report.main(["--out", str(out), *argv])
+    results = json.loads((out / "results.json").read_text())["action"]
+    assert results["mae_per_moving_dimension"] == {"dx": {"mae": None, "mean_baseline": 1.0}}
+    assert results["invalid_rate"] == 1.0
+    assert (
+        "action MAE of dx none (no held-out prediction decodes to an action) is NOT below"
+        in capsys.readouterr().out
+    )
+    assert "| dx | none | 1.0000 |" in (out / "report.md").read_text()

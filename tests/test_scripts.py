@@ -28,15 +28,53 @@ def _json_lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def test_demo_learns_latent_codes_and_round_trips_the_checkpoint(tmp_path):
-    stdout = _run(
-        ["-m", "latent_pretraining.demo", "--steps", "200", "--out", str(tmp_path / "out")], tmp_path
-    )
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["last_loss"] < 0.6 * summary["first_loss"]
-    assert summary["accuracy"] > 3 * summary["chance"]
-    assert (tmp_path / "out" / "params").stat().st_size > 0
-    assert "held-out latent-code accuracy" in stdout
+DEMO_STAGES = (
+    "data",
+    "tokenizer",
+    "lam",
+    "labels",
+    "pretrain",
+    "preprocess",
+    "finetune",
+    "policy",
+    "deploy",
+    "results",
+)
+
+
+def _demo(out, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, like a user
+    env["DEMO_OUT"] = str(out)
+    command = ["bash", str(REPO_ROOT / "scripts" / "demo.sh"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_micro_demo_runs_every_stage_reuses_them_and_names_a_failing_one(tmp_path):
+    out = tmp_path / "demo"
+    first = _demo(out, "micro")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert [line.split()[1].rstrip(":") for line in first.stdout.splitlines() if line.startswith("== ")][
+        :-1
+    ] == list(DEMO_STAGES)
+    results = json.loads((out / "results" / "results.json").read_text())
+    assert set(results) == {"lam", "latent", "action", "closed_loop"}
+    assert results["closed_loop"]["success"]["expert"]["success_rate"] == 1.0  # the world and server work
+    assert {"policy", "random", "noop"} <= set(results["closed_loop"]["success"])
+    assert results["latent"]["held_out_rows"] > 0 and results["action"]["held_out_rows"] > 0
+    assert (out / "results" / "report.md").read_text().startswith("# Results")
+    assert (out / "policy" / "policy.json").is_file()
+    for stage in DEMO_STAGES:
+        assert (out / ".stages" / stage).read_text().startswith("micro ")
+    again = _demo(out, "micro")  # every stage is reused: nothing is trained again
+    assert again.returncode == 0, again.stderr[-3000:]
+    reused = [line for line in again.stdout.splitlines() if "finished before, reusing" in line]
+    assert len(reused) == len(DEMO_STAGES)
+    (out / ".stages" / "results").unlink()
+    (out / "vla_latent" / "metrics.jsonl").write_text("{not json\n")
+    failed = _demo(out, "micro")
+    assert failed.returncode != 0
+    assert 'stage "results" failed' in failed.stderr and "metrics.jsonl, line 1: not JSON" in failed.stderr
+    assert _demo(out, "tiny").returncode == 2
 
 
 def test_bench_vla_reports_training_and_generation(tmp_path):
