@@ -4,43 +4,37 @@
 
 The last ``--held_out`` episodes, in the order their rows first appear, go to ``--eval``; no
 episode is in both files. A row's episode is its ``episode_id`` field, else the folder of its
-``image`` (the tabletop export's ``episode_000012/004.png``). Both files are written together.
+``image`` (the tabletop export's ``.../episode_000012/004.png``), as ``episodes.jsonl`` reads
+rows. Both files are written together.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import check_output_paths, write_together
+from latent_pretraining.core.jsonl import read_jsonl_objects
 
 
-def episode_of(row: dict, path: Path, number: int) -> str:
+def episode_of(row: dict, where: str) -> str:
+    """The row's ``episode_id``, else the folder of its ``image``."""
     if "episode_id" in row:
         return str(row["episode_id"])
-    if "image" in row:
-        return Path(row["image"]).parent.name
-    raise ValueError(
-        f"{path}, row {number}: neither an 'episode_id' nor an 'image' field to take the episode from"
-    )
+    if isinstance(row.get("image"), str):
+        return str(Path(row["image"]).parent)
+    raise ValueError(f"{where}: neither an 'episode_id' nor an 'image' field to take the episode from")
 
 
 def split(path: Path, held_out: int) -> tuple[list[str], list[str], int]:
     """(training lines, held-out lines, number of episodes) of the JSONL file at ``path``."""
-    lines, episodes = [], []
     with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, row {number}: not JSON ({e.msg})") from None
-            lines.append(line if line.endswith("\n") else line + "\n")
-            episodes.append(episode_of(row, path, number))
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    episodes = [episode_of(row, f"{path}:{number}") for number, row in read_jsonl_objects(path)]
     order = list(dict.fromkeys(episodes))
+    if len(order) < 2:
+        raise ValueError(f"{path}: {len(order)} episode(s); a split needs at least 2")
     if not 0 < held_out < len(order):
         raise ValueError(f"{path}: {len(order)} episodes; --held_out must be between 1 and {len(order) - 1}")
     evaluated = set(order[-held_out:])

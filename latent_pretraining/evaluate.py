@@ -1,6 +1,6 @@
 """Closed-loop evaluation of a policy bundle in the tabletop world, beside its baselines.
 
-    python -m latent_pretraining.evaluate --policy demo_out/policy --episodes 10 --out runs/eval
+    python -m latent_pretraining.evaluate --policy demo_out/quick/policy --episodes 10 --out runs/eval
     python -m latent_pretraining.evaluate --server http://127.0.0.1:32820 --episodes 10 --out runs/eval
 
 The policy runs in-process (``--policy``) or behind ``python -m latent_pretraining.deploy``
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from latent_pretraining.core.cli import INPUT_ERRORS, exit_on
+from latent_pretraining.core.compile_cache import enable_compilation_cache
 from latent_pretraining.deploy.client import ServerError, ServerPolicy, wait_until_ready
 from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
 from latent_pretraining.policy.policy import Policy
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             wait_until_ready(args.server, args.wait_s)
             policies: dict[str, Any] = {"policy": ServerPolicy(args.server)}
         else:
+            enable_compilation_cache()
             policies = {"policy": BundlePolicy(policy_from_arguments(args))}
         policies.update({name: baseline_policies[name]() for name in baselines})
         results = run_all(policies, env, args.episodes, tasks, args.seed, args.out, args.videos)

@@ -1,6 +1,6 @@
 """One image and one task description through a policy: its latent codes and/or its 7-D command.
 
-    python -m latent_pretraining.inference --policy demo_out/policy \\
+    python -m latent_pretraining.inference --policy demo_out/quick/policy \\
         [--image frame.png] [--instruction "pick up the red cube"] [--json]
     python -m latent_pretraining.inference --load_checkpoint params::lapa/params \\
         --vqgan_checkpoint lapa/vqgan --vocab_file lapa/tokenizer.model [--action_scale_file bins.csv]
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from latent_pretraining.core.cli import exit_on
+from latent_pretraining.core.compile_cache import enable_compilation_cache
 from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
 from latent_pretraining.policy.inputs import add_input_arguments, input_from_arguments
 from latent_pretraining.policy.policy import Act, Policy
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     add_input_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     with exit_on():
         path, image, instruction = input_from_arguments(args)
         policy = policy_from_arguments(args)

@@ -22,8 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from latent_pretraining.core.sharding import logical_to_spec
 from latent_pretraining.model import VOCABS, KVCache, Modality, VLAModel
 
-# one bucket per 64 tokens from 256 to 1024: a LAPA prompt (256 vision tokens and an instruction,
-# about 300) pads to 320, where a bucket at 384 made prefill do a quarter more work
+# 32, 64, 128, 192, then one bucket per 64 tokens up to 1024: a LAPA prompt (256 vision tokens and an
+# instruction, about 300) pads to 320, where a bucket at 384 made prefill do a quarter more work
 DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 192, *range(256, 1025, 64), 1536, 2048, 3072, 4096)
 
 

@@ -25,7 +25,7 @@ case $PRESET in
   full) EPISODES=200 HELD_OUT=20 IMAGE_STEPS=2000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000 BATCH=16 BINS=32 EVAL_EPISODES=10 ;;
   *) echo "usage: bash scripts/demo.sh [micro|quick|full]  (got '$PRESET')" >&2; exit 2 ;;
 esac
-SETTINGS="$PRESET episodes=$EPISODES held_out=$HELD_OUT steps=$IMAGE_STEPS,$LAM_STEPS,$PRETRAIN_STEPS,$FINETUNE_STEPS batch=$BATCH bins=$BINS"
+SETTINGS="$PRESET $(sha256sum scripts/demo.sh | cut -c1-16)"   # a changed script reruns every stage
 bash scripts/setup_env.sh
 OUT=${DEMO_OUT:-demo_out/$PRESET}
 PY=.venv/bin/python
@@ -33,8 +33,11 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 mkdir -p "$OUT/.stages"
 save_every() { echo $(( $1 < 500 ? $1 : 500 )); }   # checkpoints a killed full run resumes from
 
-STAGE="" RAN_ONE=0
-trap 'echo "demo ($PRESET): stage \"$STAGE\" failed; fix it and rerun: finished stages are reused" >&2' ERR
+STAGE="" RAN_ONE=0 SERVER=""
+# once, from the main shell (not again from a failing $(...) or from the EXIT handler)
+trap '[ "$BASH_SUBSHELL" = 0 ] && echo "demo ($PRESET): stage \"$STAGE\" failed; fix it and rerun: finished stages are reused" >&2' ERR
+trap 'if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; fi' EXIT
+
 # stage NAME OUTPUT... -- FUNCTION: runs FUNCTION unless NAME finished before with these settings, its
 # outputs exist and no earlier stage ran again; FRESH=1 tells FUNCTION to start over rather than resume
 stage() {
@@ -122,18 +125,17 @@ read_last_frame() {  # FRAME and TASK: the last frame of the last (held-out) epi
 }
 deploy() {
   read_last_frame
-  local port server
+  local port
   port=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   $PY -m latent_pretraining.deploy --policy "$OUT/policy" --port "$port" --max_batch 1 > "$OUT/server.log" 2>&1 &
-  server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT
+  SERVER=$!   # the EXIT handler stops it if a later command fails
   $PY -m latent_pretraining.deploy.client --url "http://127.0.0.1:$port" --wait_s 300 --image "$FRAME" \
       --instruction "$TASK"
   rm -rf "$OUT/eval_policy"
   $PY -m latent_pretraining.evaluate --server "http://127.0.0.1:$port" --episodes "$EVAL_EPISODES" \
       --out "$OUT/eval_policy" --videos 1
-  kill "$server" && wait "$server" 2>/dev/null || true
-  trap - EXIT
+  kill "$SERVER" && wait "$SERVER" 2>/dev/null || true
+  SERVER=""
 }
 results() {
   $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/quality.json" \

@@ -53,7 +53,7 @@ def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, cap
     finetune_train = _jsonl(tmp_path / "ft.jsonl", train_rows)
     finetune_eval = _jsonl(tmp_path / "fe.jsonl", [{"raw_actions": [3.0, 1.0], "action": [5, 8]}])
     closed = _closed_loop(
-        tmp_path / "results.json", {"policy": 0.3, "expert": 1.0, "random": 0.1, "noop": 0.4}
+        tmp_path / "results.json", {"policy": 0.3, "expert": 1.0, "random": 0.1, "noop": 0.25, "still": 0.5}
     )
     out = tmp_path / "out"
     report.main(
@@ -70,10 +70,18 @@ def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, cap
     assert results["action"]["mae_per_moving_dimension"] == {"dx": {"mae": 1.5, "mean_baseline": 2.0}}
     assert results["action"]["token_majority_baseline"] == 0.5
     printed = capsys.readouterr().out
-    assert "latent-code accuracy 0.600 is above the per-position majority code's 0.500" in printed
-    assert "action MAE of dx 1.5000 is below the training mean's 2.0000" in printed
-    assert "action-token accuracy 0.250 is NOT above the per-dimension majority token's 0.500" in printed
-    assert "is above the random policy's 0.10" in printed and "is NOT above the noop policy's 0.40" in printed
+    assert (
+        "latent-code accuracy 0.600 (teacher-forced) is above the per-position majority code's 0.500"
+        in printed
+    )
+    assert "action MAE of dx 1.5000 (teacher-forced) is below the training mean's 2.0000" in printed
+    assert (
+        "action-token accuracy 0.250 (teacher-forced) is NOT above the per-dimension majority token's 0.500"
+        in printed
+    )
+    assert "closed-loop success 0.30 [0.20, 0.40] is above the random policy's 0.10" in printed
+    # 0.30 beats 0.25, but its interval reaches below it
+    assert "is NOT clearly above (within its interval) the noop policy's 0.25" in printed
     markdown = (out / "report.md").read_text()
     assert "| expert | 1.00 | [0.90, 1.10] | 10 |" in markdown and "| dx | 1.5000 | 2.0000 |" in markdown
 
@@ -86,8 +94,8 @@ def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
     no_field = _jsonl(tmp_path / "nofield.jsonl", [{"delta": [1]}, {"codes": [1]}])
     out = tmp_path / "out"
     for held_out, message in (
-        (bad_json, "bad.jsonl, line 2: not JSON"),
-        (no_field, "nofield.jsonl, row 2: no 'delta'"),
+        (bad_json, "bad.jsonl:2: not valid JSON"),
+        (no_field, "nofield.jsonl:2: no 'delta' field"),
     ):
         argv = [
             "--out",
@@ -126,7 +134,7 @@ def test_an_action_head_with_no_valid_prediction_has_no_mae_and_does_not_beat_th
     assert results["mae_per_moving_dimension"] == {"dx": {"mae": None, "mean_baseline": 1.0}}
     assert results["invalid_rate"] == 1.0
     assert (
-        "action MAE of dx none (no held-out prediction decodes to an action) is NOT below"
+        "action MAE of dx none is NOT comparable with the training mean's 1.0000: 100% of held-out"
         in capsys.readouterr().out
     )
     assert "| dx | none | 1.0000 |" in (out / "report.md").read_text()

@@ -86,6 +86,7 @@ def test_eos_id_inside_a_latent_span_does_not_stop_generation():
 def test_prompt_lengths_share_a_bucket_and_a_compiled_program():
     assert bucket_length(20) == 32 and bucket_length(32) == 32 and bucket_length(33) == 64
     assert bucket_length(5000) == 5120
+    assert bucket_length(303) == 320 and bucket_length(700) == 704  # a LAPA prompt pads to 320
     model = debug_model(seed=8)
     sampler = Sampler(model)
     for text in (3, 6, 9):  # lengths 19, 22, 25 -> bucket 32

@@ -110,8 +110,12 @@ def bench_vla_train(config: dict, variant: str, warmup: int, repeats: int) -> di
     run.optimizer.b1, run.optimizer.b2 = opt["b1"], opt["b2"]
     run.optimizer.weight_decay = opt["weight_decay"]
     run.optimizer.clip_gradient = opt["clip_gradient"]
-    objective = {"finetune": lambda: loss_for(run), "lapa_work": lapa_work_loss}
-    loss_fn = objective.get(variant, objective["finetune"])()
+    objective = {
+        "finetune": lambda: loss_for(run),
+        "finetune_unrolled": lambda: loss_for(run),
+        "lapa_work": lapa_work_loss,
+    }
+    loss_fn = objective[variant]()
 
     b, length = config["batch"], config["seq_len"]
     ids, modality = stages.train_rows(config["model"], b, length + 1)

@@ -23,6 +23,7 @@ import numpy as np
 import uvicorn
 
 from latent_pretraining.core.cli import exit_on
+from latent_pretraining.core.compile_cache import enable_compilation_cache
 from latent_pretraining.deploy.app import create_app
 from latent_pretraining.deploy.batching import Batcher
 from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.image_root is not None and not args.image_root.is_dir():
         parser.error(f"--image_root {args.image_root}: not a directory")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    enable_compilation_cache()  # a restarted server loads its compiled programs
     with exit_on():
         policy = policy_from_arguments(args)
     batcher = Batcher(policy.act, 1 if args.no_batching else args.max_batch, args.batch_wait_ms / 1e3)

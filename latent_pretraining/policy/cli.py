@@ -13,7 +13,6 @@ import ml_collections
 from jax.sharding import Mesh
 
 from latent_pretraining.config import from_lapa_config, get_model_config
-from latent_pretraining.core.compile_cache import enable_compilation_cache
 from latent_pretraining.policy.bundle import BundleError
 from latent_pretraining.policy.policy import Policy
 
@@ -51,9 +50,7 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def policy_from_arguments(args: argparse.Namespace, mesh: Mesh | None = None) -> Policy:
-    """The policy the parsed flags name; a ValueError says which flag is missing or wrong.
-    Its compiled programs are cached on disk, so a restarted server warms up sooner."""
-    enable_compilation_cache()
+    """The policy the parsed flags name; a ValueError says which flag is missing or wrong."""
     if args.policy is not None:
         if args.load_checkpoint:
             raise ValueError("give --policy or LAPA's --load_checkpoint flags, not both")
