@@ -73,7 +73,7 @@ def test_micro_demo_runs_every_stage_reuses_them_and_names_a_failing_one(tmp_pat
     (out / "vla_latent" / "metrics.jsonl").write_text("{not json\n")
     failed = _demo(out, "micro")
     assert failed.returncode != 0
-    assert 'stage "results" failed' in failed.stderr and "metrics.jsonl, line 1: not JSON" in failed.stderr
+    assert 'stage "results" failed' in failed.stderr and "metrics.jsonl:1: not valid JSON" in failed.stderr
     assert _demo(out, "tiny").returncode == 2
 
 
