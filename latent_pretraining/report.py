@@ -6,7 +6,8 @@
         --latent_eval demo_out/quick/latent_eval.jsonl \\
         --finetune_run demo_out/quick/vla_finetune --finetune_train demo_out/quick/finetune_train.jsonl \\
         --finetune_eval demo_out/quick/finetune_eval.jsonl \\
-        --closed_loop demo_out/quick/eval_policy/results.json
+        --closed_loop demo_out/quick/eval_policy/results.json \
+        --curves lam=demo_out/quick/lam --curves finetune=demo_out/quick/vla_finetune
 
 Each part is optional. The baselines use only the training rows:
 - the LAM: probe R^2 of the true motion from the codes (a mean predictor scores 0), the
@@ -18,7 +19,9 @@ Each part is optional. The baselines use only the training rows:
   action-token accuracy beside each dimension's most common training token;
 - closed loop: the policy's success with its 95% interval beside the random and no-op policies
   (above only when the interval's lower end clears their rate).
-The VLA's held-out numbers are teacher-forced, as the trainer's evaluation scores them.
+The VLA's held-out numbers are teacher-forced, as the trainer's evaluation scores them. Figures
+(``figures/``): the training loss of each ``--curves`` run, the LAM's code use per position, and
+closed-loop success per policy and task with 95% intervals.
 A number that does not beat its baseline is said to in ``verdicts``; the command exits 0 either way.
 """
 
@@ -27,11 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from latent_pretraining import figures
 from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import write_together
 from latent_pretraining.core.jsonl import read_jsonl_objects
@@ -77,6 +82,27 @@ def last_eval(run: Path, key: str) -> dict[str, float]:
     if not records:
         raise ValueError(f"{path}: no evaluation record with eval/{key}; was the run evaluated?")
     return {k.removeprefix("eval/"): v for k, v in records[-1].items() if k.startswith("eval/")}
+
+
+def training_curve(run: Path) -> tuple[list[int], list[float]]:
+    """(steps, training losses) of a run's ``metrics.jsonl``."""
+    path = run / "metrics.jsonl"
+    points = [(r["step"], r["train/loss"]) for _, r in read_jsonl_objects(path) if "train/loss" in r]
+    if not points:
+        raise ValueError(f"{path}: no train/loss records")
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def closed_loop_rates(results_path: Path) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """``{policy: {task or 'overall': (rate, low, high)}}`` of an evaluation's results.json."""
+    rates = {}
+    for name, policy in require(read_json(results_path), "policies", str(results_path)).items():
+        parts = {
+            **require(policy, "per_task", f"{results_path}: policy {name!r}"),
+            "overall": policy["overall"],
+        }
+        rates[name] = {task: (p["success_rate"], *p["ci95"]) for task, p in parts.items()}
+    return rates
 
 
 def majority_accuracy(train: list[list[Any]], held_out: list[list[Any]]) -> float:
@@ -221,8 +247,8 @@ def closed_loop_part(results_path: Path) -> dict[str, Any]:
     }
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """``report.md``: the verdicts first, then each part's numbers."""
+def markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str:
+    """``report.md``: the verdicts first, then each part's numbers, then the figures."""
     lines = ["# Results", "", "Every learned number beside its trivial baseline (see results.json).", ""]
     lines += [f"- {v}" for part in results.values() for v in part["verdicts"]]
     if "lam" in results:
@@ -251,6 +277,8 @@ def markdown(results: dict[str, Any]) -> str:
         for name, s in results["closed_loop"]["success"].items():
             low, high = s["ci95"]
             lines.append(f"| {name} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {s['episodes']} |")
+    for name in figures:
+        lines += ["", f"![{name}](figures/{name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +291,17 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{part}_train", type=Path, help="its training rows (JSONL)")
         p.add_argument(f"--{part}_eval", type=Path, help="its held-out rows (JSONL)")
     p.add_argument("--closed_loop", type=Path, help="latent_pretraining.evaluate's results.json")
+    p.add_argument(
+        "--curves",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="a run whose training loss to plot",
+    )
     args = p.parse_args(argv)
+    curves = dict(c.partition("=")[::2] for c in args.curves)
+    if any(not name or not run for name, run in curves.items()):
+        p.error(f"--curves takes NAME=RUN_DIR, got {args.curves}")
     for part in ("latent", "finetune"):
         given = [getattr(args, f"{part}_{k}") is not None for k in ("run", "train", "eval")]
         if any(given) and not all(given):
@@ -280,6 +318,23 @@ def main(argv: list[str] | None = None) -> None:
             results["closed_loop"] = closed_loop_part(args.closed_loop)
         if not results:
             p.error("name at least one part (--lam_quality, --latent_run, --finetune_run, --closed_loop)")
+        plots = {}  # figure file -> how to draw it
+        if curves:
+            drawn = {name: training_curve(Path(run)) for name, run in curves.items()}
+            plots["training_curves.png"] = lambda path: figures.training_curves(drawn, path)
+        if "lam" in results:
+            plots["code_usage.png"] = lambda path: figures.code_usage(
+                results["lam"]["code_usage_per_position"], path
+            )
+        if args.closed_loop:
+            rates = closed_loop_rates(args.closed_loop)
+            plots["closed_loop.png"] = lambda path: figures.success(rates, path)
+
+        def draw(folder: Path) -> None:
+            folder.mkdir()
+            for name, plot in plots.items():
+                plot(folder / name)
+
         args.out.mkdir(parents=True, exist_ok=True)
         write_together(
             [
@@ -287,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
                     args.out / "results.json",
                     lambda path: path.write_text(json.dumps(results, indent=2) + "\n"),
                 ),
-                (args.out / "report.md", lambda path: path.write_text(markdown(results))),
+                (args.out / "report.md", lambda path: path.write_text(markdown(results, list(plots)))),
+                (args.out / "figures", draw),
             ]
         )
     for part in results.values():

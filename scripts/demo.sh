@@ -141,7 +141,9 @@ results() {
   $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/quality.json" \
       --latent_run "$OUT/vla_latent" --latent_train "$OUT/latent_train.jsonl" --latent_eval "$OUT/latent_eval.jsonl" \
       --finetune_run "$OUT/vla_finetune" --finetune_train "$OUT/finetune_train.jsonl" \
-      --finetune_eval "$OUT/finetune_eval.jsonl" --closed_loop "$OUT/eval_policy/results.json"
+      --finetune_eval "$OUT/finetune_eval.jsonl" --closed_loop "$OUT/eval_policy/results.json" \
+      --curves tokenizer="$OUT/vqgan" --curves lam="$OUT/lam" --curves pretrain="$OUT/vla_latent" \
+      --curves finetune="$OUT/vla_finetune"
 }
 
 stage data "$OUT/tabletop/videos/frames.jsonl" "$OUT/tabletop/finetune.json" -- data
@@ -153,6 +155,6 @@ stage preprocess "$OUT/finetune_train.jsonl" "$OUT/finetune_eval.jsonl" "$OUT/bi
 stage finetune "$OUT/vla_finetune/summary.json" -- finetune
 stage policy "$OUT/policy/policy.json" -- policy
 stage deploy "$OUT/eval_policy/results.json" -- deploy
-stage results "$OUT/results/results.json" "$OUT/results/report.md" -- results
+stage results "$OUT/results/results.json" "$OUT/results/report.md" "$OUT/results/figures" -- results
 echo "== done ($PRESET): $OUT/results/report.md (open it first), $OUT/results/results.json,"
-echo "   closed-loop GIFs under $OUT/eval_policy/, the policy bundle in $OUT/policy"
+echo "   figures in $OUT/results/figures/, closed-loop GIFs under $OUT/eval_policy/, the policy bundle in $OUT/policy"

@@ -22,10 +22,10 @@ def _run_dir(path, record):
 
 
 def _closed_loop(path, rates):
-    policies = {
-        name: {"overall": {"success_rate": r, "ci95": [max(r - 0.1, 0), r + 0.1], "episodes": 10}}
-        for name, r in rates.items()
-    }
+    def rate(r):
+        return {"success_rate": r, "ci95": [max(r - 0.1, 0), r + 0.1], "episodes": 10}
+
+    policies = {name: {"overall": rate(r), "per_task": {"reach": rate(r / 2)}} for name, r in rates.items()}
     path.write_text(json.dumps({"policies": policies}))
     return path
 
@@ -138,3 +138,21 @@ def test_an_action_head_with_no_valid_prediction_has_no_mae_and_does_not_beat_th
         in capsys.readouterr().out
     )
     assert "| dx | none | 1.0000 |" in (out / "report.md").read_text()
+
+
+def test_figures_plot_the_runs_and_the_evaluation(tmp_path):
+    run = _run_dir(tmp_path / "run", {"eval/accuracy_latent": 0.5})  # train/loss 2.0 at step 1 only
+    closed = _closed_loop(tmp_path / "results.json", {"policy": 0.4, "random": 0.0})
+    assert report.training_curve(run) == ([1], [2.0])
+    rates = report.closed_loop_rates(closed)
+    assert rates["policy"] == {
+        "reach": pytest.approx((0.2, 0.1, 0.3)),
+        "overall": pytest.approx((0.4, 0.3, 0.5)),
+    }
+    out = tmp_path / "out"
+    report.main(["--out", str(out), "--closed_loop", str(closed), "--curves", f"latent={run}"])
+    for name in ("training_curves.png", "closed_loop.png"):
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{name}](figures/{name})" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        report.main(["--out", str(out), "--closed_loop", str(closed), "--curves", "no-equals-sign"])
