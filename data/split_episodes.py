@@ -15,7 +15,7 @@ from pathlib import Path
 
 from latent_pretraining.core.cli import exit_on
 from latent_pretraining.core.files import check_output_paths, write_together
-from latent_pretraining.core.jsonl import read_jsonl_objects
+from latent_pretraining.core.jsonl import read_jsonl_lines
 
 
 def episode_of(row: dict, where: str) -> str:
@@ -29,9 +29,10 @@ def episode_of(row: dict, where: str) -> str:
 
 def split(path: Path, held_out: int) -> tuple[list[str], list[str], int]:
     """(training lines, held-out lines, number of episodes) of the JSONL file at ``path``."""
-    with open(path) as f:
-        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
-    episodes = [episode_of(row, f"{path}:{number}") for number, row in read_jsonl_objects(path)]
+    lines, episodes = [], []
+    for number, line, row in read_jsonl_lines(path):
+        lines.append(line if line.endswith("\n") else line + "\n")
+        episodes.append(episode_of(row, f"{path}:{number}"))
     order = list(dict.fromkeys(episodes))
     if len(order) < 2:
         raise ValueError(f"{path}: {len(order)} episode(s); a split needs at least 2")

@@ -59,18 +59,20 @@ def require(mapping: dict[str, Any], key: str, where: str) -> Any:
     return mapping[key]
 
 
-def column(path: Path, name: str) -> list[list[Any]]:
-    """Field ``name`` (a list of the same length in every row) of each row of a JSONL file."""
-    values, width = [], None
+def columns(path: Path, *names: str) -> list[list[list[Any]]]:
+    """Fields ``names`` (each a list of the same length in every row) of each row of a JSONL
+    file, read in one pass: one list of values per name."""
+    values: list[list[list[Any]]] = [[] for _ in names]
     for number, row in read_jsonl_objects(path):
-        value = require(row, name, f"{path}:{number}")
-        if not isinstance(value, list) or (width is not None and len(value) != width):
-            raise ValueError(
-                f"{path}:{number}: field {name!r} must be a list of {width or 'N'} values, got {value!r}"
-            )
-        width = len(value)
-        values.append(value)
-    if not values:
+        for name, found in zip(names, values, strict=True):
+            value = require(row, name, f"{path}:{number}")
+            width = len(found[0]) if found else None
+            if not isinstance(value, list) or (width is not None and len(value) != width):
+                raise ValueError(
+                    f"{path}:{number}: field {name!r} must be a list of {width or 'N'} values, got {value!r}"
+                )
+            found.append(value)
+    if not values[0]:
         raise ValueError(f"{path}: no rows")
     return values
 
@@ -93,16 +95,12 @@ def training_curve(run: Path) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def closed_loop_rates(results_path: Path) -> dict[str, dict[str, tuple[float, float, float]]]:
-    """``{policy: {task or 'overall': (rate, low, high)}}`` of an evaluation's results.json."""
-    rates = {}
-    for name, policy in require(read_json(results_path), "policies", str(results_path)).items():
-        parts = {
-            **require(policy, "per_task", f"{results_path}: policy {name!r}"),
-            "overall": policy["overall"],
-        }
-        rates[name] = {task: (p["success_rate"], *p["ci95"]) for task, p in parts.items()}
-    return rates
+def closed_loop_rates(part: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """``{policy: {task or 'overall': (rate, low, high)}}`` of ``closed_loop_part``'s result."""
+    return {
+        name: {task: (p["success_rate"], *p["ci95"]) for task, p in {**s["per_task"], "overall": s}.items()}
+        for name, s in part["success"].items()
+    }
 
 
 def majority_accuracy(train: list[list[Any]], held_out: list[list[Any]]) -> float:
@@ -153,8 +151,8 @@ def lam_part(quality_path: Path) -> dict[str, Any]:
 def latent_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
     """Held-out latent-code accuracy (teacher-forced) beside each position's most common training code."""
     accuracy = float(last_eval(run, "accuracy_latent")["accuracy_latent"])
-    held_out = column(eval_path, "delta")
-    baseline = majority_accuracy(column(train_path, "delta"), held_out)
+    [held_out], [train] = columns(eval_path, "delta"), columns(train_path, "delta")
+    baseline = majority_accuracy(train, held_out)
     return {
         "accuracy": accuracy,
         "majority_baseline": baseline,
@@ -170,7 +168,10 @@ def action_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
     """Held-out action MAE per moving dimension beside the training mean, token accuracy beside the
     majority token; both teacher-forced, as the trainer's evaluation scores them."""
     metrics = last_eval(run, "accuracy_action")
-    train, held_out = (np.array(column(p, "raw_actions"), np.float64) for p in (train_path, eval_path))
+    (train_raw, train_tokens), (held_raw, held_tokens) = (
+        columns(p, "raw_actions", "action") for p in (train_path, eval_path)
+    )
+    train, held_out = np.array(train_raw, np.float64), np.array(held_raw, np.float64)
     if train.shape[1] != held_out.shape[1]:
         raise ValueError(
             f"{eval_path}: {held_out.shape[1]} action dimensions, {train_path} has {train.shape[1]}"
@@ -197,7 +198,7 @@ def action_part(run: Path, train_path: Path, eval_path: Path) -> dict[str, Any]:
                 f"the training mean's {v['mean_baseline']:.4f}"
             )
     accuracy = float(metrics["accuracy_action"])
-    token_baseline = majority_accuracy(column(train_path, "action"), column(eval_path, "action"))
+    token_baseline = majority_accuracy(train_tokens, held_tokens)
     verdicts.append(
         f"action-token accuracy {accuracy:.3f} (teacher-forced) is "
         f"{compared(accuracy, token_baseline, 'higher')} "
@@ -221,6 +222,10 @@ def closed_loop_part(results_path: Path) -> dict[str, Any]:
     overall = {
         name: require(p, "overall", f"{results_path}: policy {name!r}") for name, p in policies.items()
     }
+    per_task = {
+        name: require(p, "per_task", f"{results_path}: policy {name!r}") for name, p in policies.items()
+    }
+    fields = ("success_rate", "ci95", "episodes")
     if "policy" not in overall:
         raise ValueError(f"{results_path}: no 'policy' among {sorted(overall)}")
     rate = overall["policy"]["success_rate"]
@@ -241,13 +246,17 @@ def closed_loop_part(results_path: Path) -> dict[str, Any]:
             )
     return {
         "success": {
-            name: {k: o[k] for k in ("success_rate", "ci95", "episodes")} for name, o in overall.items()
+            name: {
+                **{k: o[k] for k in fields},
+                "per_task": {task: {k: t[k] for k in fields} for task, t in per_task[name].items()},
+            }
+            for name, o in overall.items()
         },
         "verdicts": verdicts,
     }
 
 
-def markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str:
+def markdown(results: dict[str, Any], figure_files: Sequence[str] = ()) -> str:
     """``report.md``: the verdicts first, then each part's numbers, then the figures."""
     lines = ["# Results", "", "Every learned number beside its trivial baseline (see results.json).", ""]
     lines += [f"- {v}" for part in results.values() for v in part["verdicts"]]
@@ -277,7 +286,7 @@ def markdown(results: dict[str, Any], figures: Sequence[str] = ()) -> str:
         for name, s in results["closed_loop"]["success"].items():
             low, high = s["ci95"]
             lines.append(f"| {name} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {s['episodes']} |")
-    for name in figures:
+    for name in figure_files:
         lines += ["", f"![{name}](figures/{name})"]
     return "\n".join(lines) + "\n"
 
@@ -327,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                 results["lam"]["code_usage_per_position"], path
             )
         if args.closed_loop:
-            rates = closed_loop_rates(args.closed_loop)
+            rates = closed_loop_rates(results["closed_loop"])
             plots["closed_loop.png"] = lambda path: figures.success(rates, path)
 
         def draw(folder: Path) -> None:

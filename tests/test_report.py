@@ -144,7 +144,7 @@ def test_figures_plot_the_runs_and_the_evaluation(tmp_path):
     run = _run_dir(tmp_path / "run", {"eval/accuracy_latent": 0.5})  # train/loss 2.0 at step 1 only
     closed = _closed_loop(tmp_path / "results.json", {"policy": 0.4, "random": 0.0})
     assert report.training_curve(run) == ([1], [2.0])
-    rates = report.closed_loop_rates(closed)
+    rates = report.closed_loop_rates(report.closed_loop_part(closed))
     assert rates["policy"] == {
         "reach": pytest.approx((0.2, 0.1, 0.3)),
         "overall": pytest.approx((0.4, 0.3, 0.5)),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_pretraining.core.jsonl import read_jsonl_objects
 from latent_pretraining.episodes.base import IMAGE_SUFFIXES, Episode, file_loader, natural_key
 
 TABLETOP_EXPORT = "the folder written by `python -m data.make_tabletop --out DIR` (DIR or DIR/videos)"
@@ -106,16 +107,9 @@ def _export_actions(frames_jsonl: Path) -> dict[str, np.ndarray]:
     if not frames_jsonl.is_file():
         return {}
     by_episode: dict[str, dict[int, list[float]]] = collections.defaultdict(dict)
-    with open(frames_jsonl) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{frames_jsonl}:{line_no}: not valid JSON: {e}") from e
-            if "raw_actions" in row:
-                by_episode[str(row["episode_id"])][int(row["t"])] = row["raw_actions"]
+    for _, row in read_jsonl_objects(frames_jsonl):
+        if "raw_actions" in row:
+            by_episode[str(row["episode_id"])][int(row["t"])] = row["raw_actions"]
     out = {}
     for episode_id, steps in by_episode.items():
         if sorted(steps) != list(range(len(steps))):
