@@ -30,7 +30,12 @@ from lam import metrics
 from lam.checkpoint import data_settings, save_lam
 from lam.data import PairBatches, drop_static, frame_pairs, pair_stream, select_pairs, split_episodes
 from lam.model import LatentActionModel
-from lam.visualize import save_reconstruction_grid, save_same_code_grid
+from lam.visualize import (
+    RECONSTRUCTIONS_FILE,
+    save_reconstruction_arrays,
+    save_reconstruction_grid,
+    save_same_code_grid,
+)
 from latent_pretraining.core import loop
 from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
@@ -185,6 +190,9 @@ class Evaluator:
         rows = min(8, len(own))
         save_reconstruction_grid(
             self.holdout[:rows, 0], target[:rows], own[:rows], out_dir / f"recon_{step:07d}.png"
+        )
+        save_reconstruction_arrays(
+            self.holdout[:rows, 0], target[:rows], own[:rows], out_dir / RECONSTRUCTIONS_FILE
         )
         tuples, counts = np.unique(codes, axis=0, return_counts=True)
         chosen = tuples[np.argsort(-counts)[:6]]  # the most frequent code tuples ...

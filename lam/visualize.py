@@ -17,6 +17,7 @@ from PIL import Image
 
 SEPARATOR = 2
 SEPARATOR_VALUE = 255
+RECONSTRUCTIONS_FILE = "reconstructions.npz"  # the last evaluation's pairs, beside quality.json
 
 
 def to_uint8(x: Any) -> np.ndarray:
@@ -50,12 +51,17 @@ def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def _save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    return _save_atomically(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+
+
+def _save_atomically(path: str | os.PathLike, write) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, then renamed to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -90,6 +96,14 @@ def save_reconstruction_grid(
     error = np.clip(np.abs(recon - target) * error_gain, 0.0, 1.0)
     cells = [[to_uint8(a[i]) for a in (first, target, recon, error)] for i in range(rows)]
     return _save_png(_grid(cells), path)
+
+
+def save_reconstruction_arrays(first: Any, target: Any, recon: Any, path: str | os.PathLike) -> Path:
+    """The same pairs as uint8 arrays ``current``, ``future``, ``reconstruction`` (``[B, H, W, 3]``) in
+    an ``.npz``, for the pipeline report's labelled figure; returns the path."""
+    arrays = {"current": first, "future": target, "reconstruction": recon}
+    arrays = {name: to_uint8(_rgb(a)) for name, a in arrays.items()}
+    return _save_atomically(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def save_same_code_grid(firsts: Any, recons_by_code: Any, path: str | os.PathLike) -> Path:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 
 from latent_pretraining import figures
 from latent_pretraining.core.cli import exit_on
@@ -97,10 +98,12 @@ def training_curve(run: Path) -> tuple[list[int], list[float]]:
 
 def closed_loop_rates(part: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, float]]]:
     """``{policy: {task or 'overall': (rate, low, high)}}`` of ``closed_loop_part``'s result."""
-    return {
-        name: {task: (p["success_rate"], *p["ci95"]) for task, p in {**s["per_task"], "overall": s}.items()}
-        for name, s in part["success"].items()
-    }
+    return {name: task_rates(s["per_task"], s) for name, s in part["success"].items()}
+
+
+def task_rates(per_task: dict[str, Any], overall: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """``{task, then 'overall': (rate, low, high)}``, as the success figure draws them."""
+    return {task: (p["success_rate"], *p["ci95"]) for task, p in {**per_task, "overall": overall}.items()}
 
 
 def majority_accuracy(train: list[list[Any]], held_out: list[list[Any]]) -> float:
@@ -256,6 +259,123 @@ def closed_loop_part(results_path: Path) -> dict[str, Any]:
     }
 
 
+def pooled_success(results_paths: Sequence[Path]) -> dict[str, Any]:
+    """The ``policy`` entry of several evaluations (one per seed) pooled: successes over episodes,
+    overall and per task, each with its Wilson 95% interval, and each seed's overall rate."""
+    counts: dict[str, list[int]] = {}  # task or "overall" -> [successes, episodes]
+    seeds = []
+    for path in results_paths:
+        policy = require(require(read_json(path), "policies", str(path)), "policy", str(path))
+        parts = {**require(policy, "per_task", str(path)), "overall": require(policy, "overall", str(path))}
+        for task, stats in parts.items():
+            total = counts.setdefault(task, [0, 0])
+            total[0] += int(require(stats, "successes", f"{path}: {task}"))
+            total[1] += int(require(stats, "episodes", f"{path}: {task}"))
+        seeds.append(parts["overall"]["success_rate"])
+    pooled = {
+        task: {"success_rate": k / n, "ci95": wilson(k, n), "successes": k, "episodes": n}
+        for task, (k, n) in counts.items()
+    }
+    overall = pooled.pop("overall")
+    return {"overall": overall, "per_task": pooled, "seed_rates": seeds}
+
+
+def wilson(successes: int, trials: int) -> list[float]:
+    """Wilson score 95% interval of a success rate (scipy)."""
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def arms_part(arms: Sequence[tuple[str, Path, Path]], moving: Sequence[str] | None = None) -> dict[str, Any]:
+    """The experiment: each arm's closed-loop success pooled over its seeds and its held-out action
+    MAE averaged over them (``arms`` holds ``(arm, finetune run, evaluation results.json)`` per seed),
+    with the paper's two comparisons: latent against scratch (target +20 points) and latent
+    against true-action pretraining (target within 10 points). ``moving``: the action dimensions whose
+    MAE to keep (default every one the runs report)."""
+    by_arm: dict[str, list[tuple[Path, Path]]] = {}
+    for name, run, results in arms:
+        by_arm.setdefault(name, []).append((run, results))
+    part: dict[str, Any] = {"arms": {}}
+    for name, seeds in by_arm.items():
+        evals = [last_eval(run, "accuracy_action") for run, _ in seeds]
+        dims = sorted(int(k.rsplit("_", 1)[1]) for k in evals[0] if k.startswith("action_mae_"))
+        names = [ACTION_NAMES[i] if i < len(ACTION_NAMES) else str(i) for i in dims]
+        part["arms"][name] = {
+            "seeds": len(seeds),
+            "success": pooled_success([results for _, results in seeds]),
+            "action_mae": {
+                n: float(np.mean([e[f"action_mae_{i}"] for e in evals]))
+                for n, i in zip(names, dims, strict=True)
+                if moving is None or n in moving
+            },
+            "action_invalid_rate": float(np.mean([e.get("action_invalid_rate", 0.0) for e in evals])),
+        }
+    rates = {name: arm["success"]["overall"]["success_rate"] for name, arm in part["arms"].items()}
+    verdicts = [
+        f"arm {name}: closed-loop success {arm['success']['overall']['success_rate']:.2f} "
+        f"[{arm['success']['overall']['ci95'][0]:.2f}, {arm['success']['overall']['ci95'][1]:.2f}] "
+        f"over {arm['success']['overall']['episodes']} episodes ({arm['seeds']} seed(s))"
+        for name, arm in part["arms"].items()
+    ]
+    if rates and max(rates.values()) == 0:
+        verdicts.append("no arm succeeded in closed loop: these runs cannot tell the starting points apart")
+    elif "latent" in rates and "scratch" in rates:
+        gain = 100 * (rates["latent"] - rates["scratch"])
+        verdicts.append(
+            f"latent pretraining is {gain:+.0f} points over scratch: "
+            + ("meets" if gain >= 20 else "does NOT meet")
+            + " the paper's target of +20"
+        )
+    if max(rates.values(), default=0) > 0 and "latent" in rates and "actions" in rates:
+        gap = 100 * (rates["actions"] - rates["latent"])
+        verdicts.append(
+            f"latent pretraining is {gap:.0f} points below true-action pretraining: "
+            + ("within" if gap <= 10 else "NOT within")
+            + " the paper's 10"
+        )
+    part["verdicts"] = verdicts
+    return part
+
+
+def labelled_data_part(points: Sequence[tuple[str, int, Path]]) -> dict[str, Any]:
+    """Closed-loop success against the number of labelled trajectories, per arm (``points`` holds
+    ``(arm, trajectories, evaluation results.json)``; one per seed, pooled)."""
+    grouped: dict[str, dict[int, list[Path]]] = {}
+    for name, count, results in points:
+        grouped.setdefault(name, {}).setdefault(count, []).append(results)
+    curve = {
+        name: {str(count): pooled_success(paths)["overall"] for count, paths in sorted(by_count.items())}
+        for name, by_count in grouped.items()
+    }
+    verdicts = [
+        f"arm {name} with {count} labelled trajectories: success {s['success_rate']:.2f} "
+        f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
+        for name, by_count in curve.items()
+        for count, s in by_count.items()
+    ]
+    return {"curve": curve, "verdicts": verdicts}
+
+
+def rollout_pairs(
+    results_path: Path, first: str = "policy", second: str = "expert"
+) -> dict[str, dict[str, Path]]:
+    """``{gif name: {title: path}}``: the rollouts that two policies of one evaluation recorded on the
+    same episode, titled with the policy and whether it succeeded."""
+    folder = Path(results_path).parent
+    titled: dict[str, dict[str, Path]] = {}
+    for policy in (first, second):
+        summary = folder / policy / "summary.json"
+        if not summary.exists():
+            return {}
+        for episode in require(read_json(summary), "episodes", str(summary)):
+            if "video" in episode:
+                outcome = "success" if episode["success"] else "failed"
+                titled.setdefault(episode["video"], {})[f"{policy} ({outcome})"] = (
+                    folder / policy / episode["video"]
+                )
+    return {name: pair for name, pair in titled.items() if len(pair) == 2}
+
+
 def markdown(results: dict[str, Any], figure_files: Sequence[str] = ()) -> str:
     """``report.md``: the verdicts first, then each part's numbers, then the figures."""
     lines = ["# Results", "", "Every learned number beside its trivial baseline (see results.json).", ""]
@@ -286,6 +406,26 @@ def markdown(results: dict[str, Any], figure_files: Sequence[str] = ()) -> str:
         for name, s in results["closed_loop"]["success"].items():
             low, high = s["ci95"]
             lines.append(f"| {name} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {s['episodes']} |")
+    if "arms" in results:
+        lines += [
+            "",
+            "| arm | seeds | success | 95% interval | episodes | per seed | held-out action MAE |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, arm in results["arms"]["arms"].items():
+            s, (low, high) = arm["success"]["overall"], arm["success"]["overall"]["ci95"]
+            seeds = ", ".join(f"{r:.2f}" for r in arm["success"]["seed_rates"])
+            mae = ", ".join(f"{n} {v:.4f}" for n, v in arm["action_mae"].items())
+            lines.append(
+                f"| {name} | {arm['seeds']} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] "
+                f"| {s['episodes']} | {seeds} | {mae} |"
+            )
+    if "labelled_data" in results:
+        lines += ["", "| arm | labelled trajectories | success | 95% interval |", "|---|---|---|---|"]
+        for name, by_count in results["labelled_data"]["curve"].items():
+            for count, s in by_count.items():
+                low, high = s["ci95"]
+                lines.append(f"| {name} | {count} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] |")
     for name in figure_files:
         lines += ["", f"![{name}](figures/{name})"]
     return "\n".join(lines) + "\n"
@@ -300,6 +440,21 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{part}_train", type=Path, help="its training rows (JSONL)")
         p.add_argument(f"--{part}_eval", type=Path, help="its held-out rows (JSONL)")
     p.add_argument("--closed_loop", type=Path, help="latent_pretraining.evaluate's results.json")
+    p.add_argument("--lam_reconstructions", type=Path, help="the LAM run's reconstructions.npz (a figure)")
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="ARM,RUN_DIR,RESULTS",
+        help="one seed of an experiment arm (scratch, latent, actions): its finetune run and evaluation",
+    )
+    p.add_argument(
+        "--labelled",
+        action="append",
+        default=[],
+        metavar="ARM,TRAJECTORIES,RESULTS",
+        help="one point of the labelled-data curve: the arm, its labelled trajectories, its evaluation",
+    )
     p.add_argument(
         "--curves",
         action="append",
@@ -315,6 +470,14 @@ def main(argv: list[str] | None = None) -> None:
         given = [getattr(args, f"{part}_{k}") is not None for k in ("run", "train", "eval")]
         if any(given) and not all(given):
             p.error(f"--{part}_run, --{part}_train and --{part}_eval go together")
+    arms, points = [a.split(",") for a in args.arm], [a.split(",") for a in args.labelled]
+    if any(len(a) != 3 or not all(a) for a in arms + points):
+        p.error(
+            "--arm takes ARM,RUN_DIR,RESULTS and --labelled ARM,TRAJECTORIES,RESULTS, "
+            f"got {args.arm + args.labelled}"
+        )
+    if any(not count.isdigit() for _, count, _ in points):
+        p.error(f"--labelled takes a whole number of trajectories, got {args.labelled}")
     with exit_on():
         results = {}
         if args.lam_quality:
@@ -325,8 +488,18 @@ def main(argv: list[str] | None = None) -> None:
             results["action"] = action_part(args.finetune_run, args.finetune_train, args.finetune_eval)
         if args.closed_loop:
             results["closed_loop"] = closed_loop_part(args.closed_loop)
+        if arms:
+            moving = list(results["action"]["mae_per_moving_dimension"]) if "action" in results else None
+            results["arms"] = arms_part([(name, Path(run), Path(res)) for name, run, res in arms], moving)
+        if points:
+            results["labelled_data"] = labelled_data_part(
+                [(name, int(n), Path(res)) for name, n, res in points]
+            )
         if not results:
-            p.error("name at least one part (--lam_quality, --latent_run, --finetune_run, --closed_loop)")
+            p.error(
+                "name at least one part (--lam_quality, --latent_run, --finetune_run, --closed_loop, --arm, "
+                "--labelled)"
+            )
         plots = {}  # figure file -> how to draw it
         if curves:
             drawn = {name: training_curve(Path(run)) for name, run in curves.items()}
@@ -338,6 +511,28 @@ def main(argv: list[str] | None = None) -> None:
         if args.closed_loop:
             rates = closed_loop_rates(results["closed_loop"])
             plots["closed_loop.png"] = lambda path: figures.success(rates, path)
+
+        if args.lam_reconstructions:
+            with np.load(args.lam_reconstructions) as pairs:
+                shown = {k: pairs[k] for k in ("current", "future", "reconstruction")}
+            plots["lam_reconstructions.png"] = lambda path: figures.lam_reconstructions(**shown, path=path)
+        if args.closed_loop:
+            for gif, pair in rollout_pairs(args.closed_loop).items():
+                plots[f"side_by_side_{gif}"] = lambda path, pair=pair: figures.rollouts_side_by_side(
+                    pair, path
+                )
+        if arms:
+            arm_rates = {
+                name: task_rates(arm["success"]["per_task"], arm["success"]["overall"])
+                for name, arm in results["arms"]["arms"].items()
+            }
+            plots["arms.png"] = lambda path: figures.success(arm_rates, path)
+        if points:
+            curve = {
+                name: {int(n): (s["success_rate"], *s["ci95"]) for n, s in by_count.items()}
+                for name, by_count in results["labelled_data"]["curve"].items()
+            }
+            plots["labelled_data.png"] = lambda path: figures.labelled_data(curve, path)
 
         def draw(folder: Path) -> None:
             folder.mkdir()

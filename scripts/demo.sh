@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The whole method on the built-in tabletop world, CPU only. Sets up .venv, then:
 #   bash scripts/demo.sh [micro|quick|full]     # default quick; output in $DEMO_OUT (default demo_out/<preset>)
-#  1 data        tabletop episodes: videos, RLDS and LAPA's finetune JSON
-#  2 tokenizer   a small VQGAN trained on the frames; every frame row gets its vision codes
-#  3 lam         the latent action model, trained on the videos without their actions
-#  4 labels      every frame labelled with latent codes (LAPA's latent-pretraining JSONL), split by episode
+#  1 data        tabletop episodes: unlabelled videos, and a few labelled ones (videos, RLDS, LAPA's
+#                finetune JSON)
+#  2 tokenizer   a small VQGAN trained on the unlabelled frames; every frame row gets its vision codes
+#  3 lam         the latent action model, trained on the unlabelled videos
+#  4 labels      every unlabelled frame labelled with latent codes (LAPA's latent-pretraining JSONL), and
+#                for the upper-bound arm with codes of its true actions; split by episode
 #  5 pretrain    the debug VLA latent-pretrained on those labels
-#  6 preprocess  LAPA's finetune preprocessing: the expert's actions binned, split by episode
+#  6 preprocess  LAPA's finetune preprocessing of the labelled episodes: actions binned, split by episode
 #  7 finetune    the latent-pretrained VLA finetuned on the labelled actions
 #  8 policy      a policy bundle of the finetuned VLA, which acts on a held-out frame
 #  9 deploy      the bundle served over HTTP: one /act request, then closed-loop evaluation through the
 #                server beside the expert, random and no-op policies
-# 10 results     every learned number beside its trivial baseline: results/results.json, results/report.md
+# 10 experiment  the paper's three starting points, finetuned alike, $SEEDS seed(s) each: scratch, latent
+#                pretraining, and pretraining on the true actions; each evaluated in closed loop
+# 11 results     every learned number beside its trivial baseline: results/results.json, results/report.md
 # micro: every stage on tiny data, checking artefacts, not quality (the test suite runs it). quick: the
 # README's default. full: longer runs (hours). A finished stage records its settings in .stages/; a rerun
 # reuses a stage whose record and outputs are there and continues from the first that is not (trainers
@@ -20,9 +24,12 @@ set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 PRESET=${1:-quick}
 case $PRESET in
-  micro) EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10 BATCH=4 BINS=8 EVAL_EPISODES=1 ;;
-  quick) EPISODES=30 HELD_OUT=3 IMAGE_STEPS=150 LAM_STEPS=200 PRETRAIN_STEPS=200 FINETUNE_STEPS=300 BATCH=16 BINS=32 EVAL_EPISODES=3 ;;
-  full) EPISODES=200 HELD_OUT=20 IMAGE_STEPS=2000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000 BATCH=16 BINS=32 EVAL_EPISODES=10 ;;
+  micro) UNLABELLED=6 EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10
+         BATCH=4 BINS=8 EVAL_EPISODES=1 SEEDS=1 ;;
+  quick) UNLABELLED=300 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=200 PRETRAIN_STEPS=300 FINETUNE_STEPS=300
+         BATCH=16 BINS=32 EVAL_EPISODES=3 SEEDS=1 ;;
+  full) UNLABELLED=1000 EPISODES=60 HELD_OUT=10 IMAGE_STEPS=3000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000
+         BATCH=16 BINS=32 EVAL_EPISODES=10 SEEDS=3 ;;
   *) echo "usage: bash scripts/demo.sh [micro|quick|full]  (got '$PRESET')" >&2; exit 2 ;;
 esac
 SETTINGS="$PRESET $(sha256sum scripts/demo.sh | cut -c1-16)"   # a changed script reruns every stage
@@ -61,13 +68,15 @@ stage() {
 }
 fresh() { if [ "$FRESH" = 1 ]; then rm -rf "$@"; fi; }   # a trainer's run dir: resumed unless upstream changed
 
-data() {
+data() {  # different seeds: no labelled episode is among the unlabelled videos
+  $PY -m data.make_tabletop --out "$OUT/unlabelled" --episodes "$UNLABELLED" --seed 100000 --noise 0.1 \
+      --formats videos --overwrite
   $PY -m data.make_tabletop --out "$OUT/tabletop" --episodes "$EPISODES" --noise 0.1 --overwrite
 }
 tokenizer() {
   fresh "$OUT/vqgan"
   $PY -m latent_pretraining.vqgan train --config=latent_pretraining/configs/vqgan.py:tiny \
-      --config.data.source=folder --config.data.path="$OUT/tabletop/videos" --config.data.limit=0 \
+      --config.data.source=folder --config.data.path="$OUT/unlabelled/videos" --config.data.limit=0 \
       --config.total_steps="$IMAGE_STEPS" --config.eval_every=0 --config.save_every="$(save_every "$IMAGE_STEPS")" \
       --config.run_dir="$OUT/vqgan"
   rm -f "$OUT/frames.vision.jsonl"
@@ -77,40 +86,46 @@ tokenizer() {
 lam() {
   fresh "$OUT/lam"
   $PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
-      --config.data.path="$OUT/tabletop/videos" --config.total_steps="$LAM_STEPS" --config.eval_every=0 \
+      --config.data.path="$OUT/unlabelled/videos" --config.total_steps="$LAM_STEPS" --config.eval_every=0 \
       --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=5e-4 --config.run_dir="$OUT/lam"
 }
 labels() {
   rm -f "$OUT/latent.jsonl"
-  $PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/tabletop/videos" --out "$OUT/latent.jsonl" \
+  $PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/unlabelled/videos" --out "$OUT/latent.jsonl" \
       --vqgan_checkpoint "$OUT/vqgan/vqgan"
-  $PY -m data.split_episodes --input "$OUT/latent.jsonl" --train "$OUT/latent_train.jsonl" \
-      --eval "$OUT/latent_eval.jsonl" --held_out "$HELD_OUT"
+  $PY -m data.action_codes --latent "$OUT/latent.jsonl" --frames "$OUT/unlabelled/videos/frames.jsonl" \
+      --out "$OUT/actions.jsonl"
+  for labels in latent actions; do
+    $PY -m data.split_episodes --input "$OUT/$labels.jsonl" --train "$OUT/${labels}_train.jsonl" \
+        --eval "$OUT/${labels}_eval.jsonl" --held_out "$HELD_OUT"
+  done
   $PY -m data.train_text_tokenizer --input "$OUT/latent.jsonl" --output "$OUT/tokenizer.model"
 }
-pretrain() {
-  fresh "$OUT/vla_latent"
+pretrain_on() {  # pretrain_on LABELS RUN_DIR: the debug VLA pretrained on $OUT/LABELS_{train,eval}.jsonl
+  fresh "$2"
   $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_latent \
-      --config.data.train="$OUT/latent_train.jsonl" --config.data.eval="$OUT/latent_eval.jsonl" \
+      --config.data.train="$OUT/$1_train.jsonl" --config.data.eval="$OUT/$1_eval.jsonl" \
       --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
       --config.total_steps="$PRETRAIN_STEPS" --config.save_every="$(save_every "$PRETRAIN_STEPS")" \
-      --config.batch_size="$BATCH" --config.eval_every=0 --config.run_dir="$OUT/vla_latent"
+      --config.batch_size="$BATCH" --config.eval_every=0 --config.run_dir="$2"
 }
+pretrain() { pretrain_on latent "$OUT/vla_latent"; }
 preprocess() {
   $PY -m data.finetune_preprocess --input_path "$OUT/tabletop/finetune.json" --output_filename "$OUT/finetune.jsonl" \
       --csv_filename "$OUT/bins.csv" --discretize_bins "$BINS" --vqgan_checkpoint "$OUT/vqgan/vqgan"
   $PY -m data.split_episodes --input "$OUT/finetune.jsonl" --train "$OUT/finetune_train.jsonl" \
       --eval "$OUT/finetune_eval.jsonl" --held_out "$HELD_OUT"
 }
-finetune() {
-  fresh "$OUT/vla_finetune"
+finetune_from() {  # finetune_from INIT RUN_DIR SEED: INIT a pretrained run dir, or "" (from scratch)
+  fresh "$2"
   $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_finetune \
       --config.data.train="$OUT/finetune_train.jsonl" --config.data.eval="$OUT/finetune_eval.jsonl" \
       --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
       --config.data.action_bins="$OUT/bins.csv" --config.total_steps="$FINETUNE_STEPS" \
       --config.save_every="$(save_every "$FINETUNE_STEPS")" --config.batch_size="$BATCH" --config.eval_every=0 \
-      --config.init="$OUT/vla_latent" --config.run_dir="$OUT/vla_finetune"
+      --config.init="$1" --config.seed="$3" --config.run_dir="$2"
 }
+finetune() { finetune_from "$OUT/vla_latent" "$OUT/vla_finetune" 0; }
 policy() {
   rm -rf "$OUT/policy"
   $PY -m latent_pretraining.policy export --run "$OUT/vla_finetune" --out "$OUT/policy" --vqgan "$OUT/vqgan/vqgan"
@@ -137,24 +152,55 @@ deploy() {
   kill "$SERVER" && wait "$SERVER" 2>/dev/null || true
   SERVER=""
 }
+experiment() {  # arm scratch | latent | actions, seed s: arms/<arm>_<s>/{run,policy,eval}; latent seed 0 is
+  pretrain_on actions "$OUT/vla_actions"   # the pipeline's own finetune (its evaluation went through the server)
+  local arm seed dir init
+  for seed in $(seq 0 $((SEEDS - 1))); do
+    for arm in scratch latent actions; do
+      dir="$OUT/arms/${arm}_$seed"
+      [ "$FRESH" = 0 ] && [ -f "$dir/eval/results.json" ] && continue   # finished before this rerun
+      rm -rf "$dir/policy" "$dir/eval"
+      if [ "$arm" = latent ] && [ "$seed" = 0 ]; then
+        mkdir -p "$dir" && ln -sfn ../../vla_finetune "$dir/run"
+      else
+        init="$OUT/vla_$arm"
+        if [ "$arm" = scratch ]; then init=""; fi
+        finetune_from "$init" "$dir/run" "$seed"
+      fi
+      $PY -m latent_pretraining.policy export --run "$dir/run" --out "$dir/policy" --vqgan "$OUT/vqgan/vqgan"
+      $PY -m latent_pretraining.evaluate --policy "$dir/policy" --episodes "$EVAL_EPISODES" --baselines "" \
+          --videos 0 --out "$dir/eval"
+    done
+  done
+}
 results() {
+  local arms=() arm seed d
+  for arm in scratch latent actions; do   # --arm ARM,RUN,RESULTS for every arm and seed
+    for seed in $(seq 0 $((SEEDS - 1))); do
+      d="$OUT/arms/${arm}_$seed"
+      arms+=(--arm "$arm,$d/run,$d/eval/results.json")
+    done
+  done
   $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/quality.json" \
       --latent_run "$OUT/vla_latent" --latent_train "$OUT/latent_train.jsonl" --latent_eval "$OUT/latent_eval.jsonl" \
       --finetune_run "$OUT/vla_finetune" --finetune_train "$OUT/finetune_train.jsonl" \
       --finetune_eval "$OUT/finetune_eval.jsonl" --closed_loop "$OUT/eval_policy/results.json" \
       --curves tokenizer="$OUT/vqgan" --curves lam="$OUT/lam" --curves pretrain="$OUT/vla_latent" \
-      --curves finetune="$OUT/vla_finetune"
+      --curves finetune="$OUT/vla_finetune" --curves pretrain_actions="$OUT/vla_actions" \
+      --lam_reconstructions "$OUT/lam/reconstructions.npz" "${arms[@]}"
 }
 
-stage data "$OUT/tabletop/videos/frames.jsonl" "$OUT/tabletop/finetune.json" -- data
+stage data "$OUT/unlabelled/videos/frames.jsonl" "$OUT/tabletop/videos/frames.jsonl" "$OUT/tabletop/finetune.json" -- data
 stage tokenizer "$OUT/vqgan/vqgan" "$OUT/frames.vision.jsonl" -- tokenizer
-stage lam "$OUT/lam/export" "$OUT/lam/quality.json" -- lam
-stage labels "$OUT/latent_train.jsonl" "$OUT/latent_eval.jsonl" "$OUT/tokenizer.model" -- labels
+stage lam "$OUT/lam/export" "$OUT/lam/quality.json" "$OUT/lam/reconstructions.npz" -- lam
+stage labels "$OUT/latent_train.jsonl" "$OUT/latent_eval.jsonl" "$OUT/actions_train.jsonl" "$OUT/actions_eval.jsonl" \
+  "$OUT/tokenizer.model" -- labels
 stage pretrain "$OUT/vla_latent/summary.json" -- pretrain
 stage preprocess "$OUT/finetune_train.jsonl" "$OUT/finetune_eval.jsonl" "$OUT/bins.csv" -- preprocess
 stage finetune "$OUT/vla_finetune/summary.json" -- finetune
 stage policy "$OUT/policy/policy.json" -- policy
 stage deploy "$OUT/eval_policy/results.json" -- deploy
+stage experiment "$OUT/arms/scratch_0/eval/results.json" "$OUT/arms/actions_$((SEEDS - 1))/eval/results.json" -- experiment
 stage results "$OUT/results/results.json" "$OUT/results/report.md" "$OUT/results/figures" -- results
 echo "== done ($PRESET): $OUT/results/report.md (open it first), $OUT/results/results.json,"
 echo "   figures in $OUT/results/figures/, closed-loop GIFs under $OUT/eval_policy/, the policy bundle in $OUT/policy"

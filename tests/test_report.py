@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from latent_pretraining import report
@@ -156,3 +157,128 @@ def test_figures_plot_the_runs_and_the_evaluation(tmp_path):
         assert f"![{name}](figures/{name})" in (out / "report.md").read_text()
     with pytest.raises(SystemExit):
         report.main(["--out", str(out), "--closed_loop", str(closed), "--curves", "no-equals-sign"])
+
+
+def _evaluation(path, per_task):
+    """An evaluation's results.json whose policy scored ``per_task[task] = (successes, episodes)``."""
+
+    def stats(k, n):
+        return {"successes": k, "episodes": n, "success_rate": k / n, "ci95": [0.0, 1.0]}
+
+    k, n = (sum(v[i] for v in per_task.values()) for i in (0, 1))
+    policy = {"overall": stats(k, n), "per_task": {t: stats(*v) for t, v in per_task.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"policies": {"policy": policy}}))
+    return path
+
+
+def test_arms_pool_their_seeds_and_compare_with_the_papers_targets(tmp_path, capsys):
+    runs, evals = {}, {}
+    # (reach, push) successes of 5 each per seed: scratch 3/20, latent 12/20, actions 14/20
+    for arm, seeds in {
+        "scratch": [(1, 0), (2, 0)],
+        "latent": [(5, 1), (5, 1)],
+        "actions": [(5, 2), (5, 2)],
+    }.items():
+        for s, (reach, push) in enumerate(seeds):
+            evals[arm, s] = _evaluation(
+                tmp_path / f"{arm}{s}" / "results.json", {"reach": (reach, 5), "push": (push, 5)}
+            )
+            runs[arm, s] = _run_dir(
+                tmp_path / f"{arm}{s}run", {"eval/accuracy_action": 0.5, "eval/action_mae_0": 0.1 * (s + 1)}
+            )
+    flags = [f for (arm, s), e in evals.items() for f in ("--arm", f"{arm},{runs[arm, s]},{e}")]
+    report.main(["--out", str(tmp_path / "out"), *flags])
+    arms = json.loads((tmp_path / "out" / "results.json").read_text())["arms"]
+    assert arms["arms"]["scratch"]["success"]["overall"]["successes"] == 3
+    assert arms["arms"]["scratch"]["success"]["overall"]["episodes"] == 20
+    assert arms["arms"]["scratch"]["success"]["seed_rates"] == [0.1, 0.2]
+    assert arms["arms"]["latent"]["success"]["per_task"]["reach"]["successes"] == 10
+    assert arms["arms"]["latent"]["action_mae"] == {"dx": pytest.approx(0.15)}  # the seeds' mean
+    # Wilson 95% for 3/20, worked out by hand: centre (0.15 + 1.96^2/40) / (1 + 1.96^2/20) = 0.2056,
+    # half width 1.96 sqrt(0.15 * 0.85 / 20 + 1.96^2 / 1600) / 1.1921 = 0.1534
+    assert arms["arms"]["scratch"]["success"]["overall"]["ci95"] == pytest.approx([0.0524, 0.3604], abs=1e-3)
+    printed = capsys.readouterr().out
+    assert "latent pretraining is +45 points over scratch: meets the paper's target of +20" in printed
+    assert "latent pretraining is 10 points below true-action pretraining: within the paper's 10" in printed
+    assert (tmp_path / "out" / "figures" / "arms.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_arms_that_never_succeed_are_not_compared(tmp_path, capsys):
+    flags = []
+    for arm in ("scratch", "latent"):
+        run = _run_dir(tmp_path / f"{arm}run", {"eval/accuracy_action": 0.5})
+        flags += ["--arm", f"{arm},{run},{_evaluation(tmp_path / arm / 'r.json', {'reach': (0, 4)})}"]
+    report.main(["--out", str(tmp_path / "out"), *flags])
+    printed = capsys.readouterr().out
+    assert "no arm succeeded in closed loop" in printed and "points over scratch" not in printed
+
+
+def test_the_labelled_data_curve_pools_seeds_per_count(tmp_path):
+    flags = []
+    for arm, count, k in (("scratch", 5, 1), ("scratch", 5, 3), ("scratch", 10, 4), ("latent", 5, 6)):
+        flags += [
+            "--labelled",
+            f"{arm},{count},{_evaluation(tmp_path / f'{arm}{count}{k}' / 'r.json', {'reach': (k, 10)})}",
+        ]
+    report.main(["--out", str(tmp_path / "out"), *flags])
+    curve = json.loads((tmp_path / "out" / "results.json").read_text())["labelled_data"]["curve"]
+    assert {arm: {n: p["successes"] for n, p in c.items()} for arm, c in curve.items()} == {
+        "scratch": {"5": 4, "10": 4},
+        "latent": {"5": 6},
+    }
+    assert curve["scratch"]["5"]["episodes"] == 20
+    assert (tmp_path / "out" / "figures" / "labelled_data.png").exists()
+    with pytest.raises(SystemExit):
+        report.main(["--out", str(tmp_path / "out2"), "--labelled", "scratch,five,x.json"])
+
+
+def test_rollouts_side_by_side_and_the_lam_reconstructions_are_drawn(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "eval"
+    for policy, success in (("policy", False), ("expert", True)):
+        (folder / policy).mkdir(parents=True)
+        frames = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3 if success else 5)]
+        frames[0].save(folder / policy / "rollout_reach_7.gif", save_all=True, append_images=frames[1:])
+        episodes = [{"success": success, "video": "rollout_reach_7.gif"}, {"success": True}]
+        (folder / policy / "summary.json").write_text(json.dumps({"episodes": episodes}))
+    closed = _closed_loop(folder / "results.json", {"policy": 0.0, "expert": 1.0})
+    pairs = report.rollout_pairs(closed)
+    assert pairs == {
+        "rollout_reach_7.gif": {
+            "policy (failed)": folder / "policy" / "rollout_reach_7.gif",
+            "expert (success)": folder / "expert" / "rollout_reach_7.gif",
+        }
+    }
+    arrays = {
+        k: np.full((2, 8, 8, 3), v, np.uint8)
+        for k, v in (("current", 0), ("future", 10), ("reconstruction", 5))
+    }
+    np.savez(tmp_path / "recon.npz", **arrays)
+    out = tmp_path / "out"
+    report.main(
+        [
+            "--out",
+            str(out),
+            "--closed_loop",
+            str(closed),
+            "--lam_reconstructions",
+            str(tmp_path / "recon.npz"),
+        ]
+    )
+    with Image.open(out / "figures" / "side_by_side_rollout_reach_7.gif") as gif:
+        assert gif.n_frames == 5  # the longer rollout; the shorter one holds its last frame
+    assert (out / "figures" / "lam_reconstructions.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        "![side_by_side_rollout_reach_7.gif](figures/side_by_side_rollout_reach_7.gif)"
+        in (out / "report.md").read_text()
+    )
+
+
+def test_the_pooled_interval_is_the_evaluators_wilson_interval():
+    from sim.evaluate import wilson_interval
+
+    for k, n in ((0, 9), (3, 9), (9, 9), (17, 60)):
+        # the evaluator rounds z to 1.96; scipy takes the exact normal quantile, 1.95996...
+        assert report.wilson(k, n) == pytest.approx(list(wilson_interval(k, n)), abs=1e-4)

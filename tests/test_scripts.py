@@ -38,6 +38,7 @@ DEMO_STAGES = (
     "finetune",
     "policy",
     "deploy",
+    "experiment",
     "results",
 )
 
@@ -57,7 +58,15 @@ def test_micro_demo_runs_every_stage_reuses_them_and_names_a_failing_one(tmp_pat
         :-1
     ] == list(DEMO_STAGES)
     results = json.loads((out / "results" / "results.json").read_text())
-    assert set(results) == {"lam", "latent", "action", "closed_loop"}
+    assert set(results) == {"lam", "latent", "action", "closed_loop", "arms"}
+    assert list(results["arms"]["arms"]) == ["scratch", "latent", "actions"]
+    assert all(arm["success"]["overall"]["episodes"] == 3 for arm in results["arms"]["arms"].values())
+    for name in ("training_curves", "code_usage", "closed_loop", "lam_reconstructions", "arms"):
+        assert (out / "results" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((out / "results" / "figures").glob("side_by_side_rollout_*.gif"))
+    true_rows = (out / "actions_train.jsonl").read_text().splitlines()
+    true_codes = [json.loads(line)["delta"] for line in true_rows]
+    assert true_codes and all(len(codes) == 4 for codes in true_codes)
     assert results["closed_loop"]["success"]["expert"]["success_rate"] == 1.0  # the world and server work
     assert {"policy", "random", "noop"} <= set(results["closed_loop"]["success"])
     assert results["latent"]["held_out_rows"] > 0 and results["action"]["held_out_rows"] > 0
