@@ -47,3 +47,16 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path):
         with pytest.raises(SystemExit, match=re.escape(message)):
             split_episodes.main(argv)
     assert not train.exists() and not held.exists()
+
+
+def test_train_episodes_keeps_the_first_labelled_episodes_and_the_same_held_out_ones(tmp_path):
+    rows = [{"episode_id": f"e{k // 2}", "n": k} for k in range(8)]  # four episodes of two rows
+    source = _rows(tmp_path / "rows.jsonl", rows)
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    argv = ["--input", str(source), "--train", str(train), "--eval", str(held), "--held_out", "1"]
+    split_episodes.main([*argv, "--train_episodes", "2"])
+    read = lambda p: [json.loads(line)["n"] for line in p.read_text().splitlines()]  # noqa: E731
+    assert read(train) == [0, 1, 2, 3]
+    assert read(held) == [6, 7]
+    with pytest.raises(SystemExit, match="--train_episodes 4, but only 3 episodes are not held out"):
+        split_episodes.main([*argv, "--train_episodes", "4"])
