@@ -24,12 +24,12 @@ set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 PRESET=${1:-quick}
 case $PRESET in
-  micro) UNLABELLED=6 EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10
-         BATCH=4 BINS=8 EVAL_EPISODES=1 SEEDS=1 ;;
-  quick) UNLABELLED=300 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=200 PRETRAIN_STEPS=300 FINETUNE_STEPS=300
-         BATCH=16 BINS=32 EVAL_EPISODES=3 SEEDS=1 ;;
-  full) UNLABELLED=1000 EPISODES=60 HELD_OUT=10 IMAGE_STEPS=3000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000
-         BATCH=16 BINS=32 EVAL_EPISODES=10 SEEDS=3 ;;
+  micro) UNLABELLED=6 PLAY_NOISE=0.1 EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10
+         BATCH=4 BINS=8 EVAL_EPISODES=1 SEEDS=1 CURVE="" ;;
+  quick) UNLABELLED=100 PLAY_NOISE=1.0 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=250 PRETRAIN_STEPS=300 FINETUNE_STEPS=300
+         BATCH=16 BINS=32 EVAL_EPISODES=3 SEEDS=1 CURVE="" ;;
+  full) UNLABELLED=1000 PLAY_NOISE=1.0 EPISODES=60 HELD_OUT=10 IMAGE_STEPS=3000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000
+         BATCH=16 BINS=32 EVAL_EPISODES=10 SEEDS=3 CURVE="5 10 25" ;;
   *) echo "usage: bash scripts/demo.sh [micro|quick|full]  (got '$PRESET')" >&2; exit 2 ;;
 esac
 SETTINGS="$PRESET $(sha256sum scripts/demo.sh | cut -c1-16)"   # a changed script reruns every stage
@@ -68,8 +68,8 @@ stage() {
 }
 fresh() { if [ "$FRESH" = 1 ]; then rm -rf "$@"; fi; }   # a trainer's run dir: resumed unless upstream changed
 
-data() {  # different seeds: no labelled episode is among the unlabelled videos
-  $PY -m data.make_tabletop --out "$OUT/unlabelled" --episodes "$UNLABELLED" --seed 100000 --noise 0.1 \
+data() {  # the unlabelled videos are "play": a noisier expert (varied motion); no labelled episode is among them
+  $PY -m data.make_tabletop --out "$OUT/unlabelled" --episodes "$UNLABELLED" --seed 100000 --noise "$PLAY_NOISE" \
       --formats videos --overwrite
   $PY -m data.make_tabletop --out "$OUT/tabletop" --episodes "$EPISODES" --noise 0.1 --overwrite
 }
@@ -87,7 +87,7 @@ lam() {
   fresh "$OUT/lam"
   $PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
       --config.data.path="$OUT/unlabelled/videos" --config.total_steps="$LAM_STEPS" --config.eval_every=0 \
-      --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=5e-4 --config.run_dir="$OUT/lam"
+      --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=1e-3 --config.run_dir="$OUT/lam"
 }
 labels() {
   rm -f "$OUT/latent.jsonl"
@@ -116,10 +116,10 @@ preprocess() {
   $PY -m data.split_episodes --input "$OUT/finetune.jsonl" --train "$OUT/finetune_train.jsonl" \
       --eval "$OUT/finetune_eval.jsonl" --held_out "$HELD_OUT"
 }
-finetune_from() {  # finetune_from INIT RUN_DIR SEED: INIT a pretrained run dir, or "" (from scratch)
+finetune_from() {  # finetune_from INIT RUN_DIR SEED [ROWS]: INIT a pretrained run dir, or "" (from scratch)
   fresh "$2"
   $PY -m latent_pretraining.train --config=latent_pretraining/configs/lapa.py:debug_finetune \
-      --config.data.train="$OUT/finetune_train.jsonl" --config.data.eval="$OUT/finetune_eval.jsonl" \
+      --config.data.train="${4:-$OUT/finetune_train.jsonl}" --config.data.eval="$OUT/finetune_eval.jsonl" \
       --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
       --config.data.action_bins="$OUT/bins.csv" --config.total_steps="$FINETUNE_STEPS" \
       --config.save_every="$(save_every "$FINETUNE_STEPS")" --config.batch_size="$BATCH" --config.eval_every=0 \
@@ -152,6 +152,11 @@ deploy() {
   kill "$SERVER" && wait "$SERVER" 2>/dev/null || true
   SERVER=""
 }
+evaluate_run() {  # evaluate_run DIR: DIR/run exported to DIR/policy, then DIR/eval in closed loop
+  $PY -m latent_pretraining.policy export --run "$1/run" --out "$1/policy" --vqgan "$OUT/vqgan/vqgan"
+  $PY -m latent_pretraining.evaluate --policy "$1/policy" --episodes "$EVAL_EPISODES" --baselines "" \
+      --videos 0 --out "$1/eval"
+}
 experiment() {  # arm scratch | latent | actions, seed s: arms/<arm>_<s>/{run,policy,eval}; latent seed 0 is
   pretrain_on actions "$OUT/vla_actions"   # the pipeline's own finetune (its evaluation went through the server)
   local arm seed dir init
@@ -167,18 +172,36 @@ experiment() {  # arm scratch | latent | actions, seed s: arms/<arm>_<s>/{run,po
         if [ "$arm" = scratch ]; then init=""; fi
         finetune_from "$init" "$dir/run" "$seed"
       fi
-      $PY -m latent_pretraining.policy export --run "$dir/run" --out "$dir/policy" --vqgan "$OUT/vqgan/vqgan"
-      $PY -m latent_pretraining.evaluate --policy "$dir/policy" --episodes "$EVAL_EPISODES" --baselines "" \
-          --videos 0 --out "$dir/eval"
+      evaluate_run "$dir"
+    done
+  done
+}
+curve() {  # the labelled-data curve: scratch and latent finetuned on the first N labelled episodes
+  local n arm seed dir init
+  for n in $CURVE; do
+    $PY -m data.split_episodes --input "$OUT/finetune.jsonl" --train "$OUT/finetune_train_$n.jsonl" \
+        --eval "$OUT/finetune_eval_$n.jsonl" --held_out "$HELD_OUT" --train_episodes "$n"
+    for seed in $(seq 0 $((SEEDS - 1))); do
+      for arm in scratch latent; do
+        dir="$OUT/curve/${arm}_${n}_$seed"
+        [ "$FRESH" = 0 ] && [ -f "$dir/eval/results.json" ] && continue
+        rm -rf "$dir/policy" "$dir/eval"
+        if [ "$arm" = scratch ]; then init=""; else init="$OUT/vla_latent"; fi
+        finetune_from "$init" "$dir/run" "$seed" "$OUT/finetune_train_$n.jsonl"
+        evaluate_run "$dir"
+      done
     done
   done
 }
 results() {
-  local arms=() arm seed d
+  local arms=() arm seed d n
   for arm in scratch latent actions; do   # --arm ARM,RUN,RESULTS for every arm and seed
     for seed in $(seq 0 $((SEEDS - 1))); do
       d="$OUT/arms/${arm}_$seed"
       arms+=(--arm "$arm,$d/run,$d/eval/results.json")
+      for n in $CURVE; do
+        if [ "$arm" != actions ]; then arms+=(--labelled "$arm,$n,$OUT/curve/${arm}_${n}_$seed/eval/results.json"); fi
+      done
     done
   done
   $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/quality.json" \
@@ -201,6 +224,8 @@ stage finetune "$OUT/vla_finetune/summary.json" -- finetune
 stage policy "$OUT/policy/policy.json" -- policy
 stage deploy "$OUT/eval_policy/results.json" -- deploy
 stage experiment "$OUT/arms/scratch_0/eval/results.json" "$OUT/arms/actions_$((SEEDS - 1))/eval/results.json" -- experiment
+if [ -n "$CURVE" ]; then stage curve "$OUT/curve/latent_${CURVE##* }_$((SEEDS - 1))/eval/results.json" -- curve; fi
 stage results "$OUT/results/results.json" "$OUT/results/report.md" "$OUT/results/figures" -- results
 echo "== done ($PRESET): $OUT/results/report.md (open it first), $OUT/results/results.json,"
-echo "   figures in $OUT/results/figures/, closed-loop GIFs under $OUT/eval_policy/, the policy bundle in $OUT/policy"
+echo "   figures in $OUT/results/figures/ (the policy beside the expert: side_by_side_*.gif), closed-loop GIFs"
+echo "   under $OUT/eval_policy/, the experiment's arms under $OUT/arms/, the policy bundle in $OUT/policy"
