@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ DIMS = (0, 1, 2, 5)  # dx, dy, dz, dyaw: one code position each
 
 
 def pair_actions(frames_path: Path, offset: int) -> dict[str, np.ndarray]:
-    """The summed (dx, dy, dz, dyaw) of the pair (t, t+H) of every frame, keyed by its image path."""
+    """The summed (dx, dy, dz, dyaw) of the pair (t, t+H) of every frame, keyed by its image's absolute
+    path (lam.label keeps a relative ``--path`` relative; the tabletop export writes absolute ones)."""
     episodes: dict[str, dict[int, tuple[str, list[float] | None]]] = {}
     for number, row in read_jsonl_objects(frames_path):
         where = f"{frames_path}:{number}"
@@ -39,7 +41,8 @@ def pair_actions(frames_path: Path, offset: int) -> dict[str, np.ndarray]:
         actions = row.get("raw_actions")
         if actions is not None and (not isinstance(actions, list) or len(actions) <= max(DIMS)):
             raise ValueError(f"{where}: 'raw_actions' must be a list of at least {max(DIMS) + 1} numbers")
-        episodes.setdefault(str(row["episode_id"]), {})[int(row["t"])] = (str(row["image"]), actions)
+        image = os.path.abspath(str(row["image"]))
+        episodes.setdefault(str(row["episode_id"]), {})[int(row["t"])] = (image, actions)
     out: dict[str, np.ndarray] = {}
     for episode_id, frames in episodes.items():
         last = max(frames)
@@ -69,12 +72,12 @@ def relabel(latent_path: Path, frames_path: Path, offset: int, codes: int) -> li
     rows = []
     for number, row in read_jsonl_objects(latent_path):
         image = row.get("image")
-        if image not in actions:
+        if not isinstance(image, str) or os.path.abspath(image) not in actions:
             raise ValueError(f"{latent_path}:{number}: image {image!r} is not a frame of {frames_path}")
         rows.append(row)
     if not rows:
         raise ValueError(f"{latent_path}: no rows")
-    binned = codes_of(np.stack([actions[row["image"]] for row in rows]), codes)
+    binned = codes_of(np.stack([actions[os.path.abspath(row["image"])] for row in rows]), codes)
     lines = []
     for row, code in zip(rows, binned, strict=True):
         row["delta"] = [str(int(c)) for c in code]

@@ -79,3 +79,21 @@ def test_a_row_without_its_frame_or_a_frame_without_actions_is_named(tmp_path, i
     with pytest.raises(SystemExit, match=r"episode 'a' frame 0 has no 'raw_actions'"):
         action_codes.main(["--latent", str(latent), "--frames", str(holes), "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_relative_image_path_matches_the_same_frame_written_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "videos" / "e" / "000.png"
+    frames = _write(
+        tmp_path / "frames.jsonl",
+        [
+            {"episode_id": "e", "t": 0, "image": str(image), "raw_actions": _act(0.1, 0, 0, 0)},
+            {"episode_id": "e", "t": 1, "image": str(image.with_name("001.png"))},
+        ],
+    )
+    latent = _write(
+        tmp_path / "latent.jsonl", [{"image": "videos/e/000.png"}, {"image": "./videos/e/001.png"}]
+    )
+    lines = action_codes.relabel(latent, frames, offset=1, codes=2)
+    assert [json.loads(line)["delta"][0] for line in lines] == ["1", "0"]
+    assert json.loads(lines[0])["image"] == "videos/e/000.png"  # written as it was read
