@@ -376,6 +376,12 @@ def rollout_pairs(
     return {name: pair for name, pair in titled.items() if len(pair) == 2}
 
 
+def rate_cells(stats: dict[str, Any]) -> str:
+    """Two table cells: a success rate and its 95% interval."""
+    low, high = stats["ci95"]
+    return f"{stats['success_rate']:.2f} | [{low:.2f}, {high:.2f}]"
+
+
 def markdown(results: dict[str, Any], figure_files: Sequence[str] = ()) -> str:
     """``report.md``: the verdicts first, then each part's numbers, then the figures."""
     lines = ["# Results", "", "Every learned number beside its trivial baseline (see results.json).", ""]
@@ -404,8 +410,7 @@ def markdown(results: dict[str, Any], figure_files: Sequence[str] = ()) -> str:
     if "closed_loop" in results:
         lines += ["", "| policy | success | 95% interval | episodes |", "|---|---|---|---|"]
         for name, s in results["closed_loop"]["success"].items():
-            low, high = s["ci95"]
-            lines.append(f"| {name} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {s['episodes']} |")
+            lines.append(f"| {name} | {rate_cells(s)} | {s['episodes']} |")
     if "arms" in results:
         lines += [
             "",
@@ -413,19 +418,14 @@ def markdown(results: dict[str, Any], figure_files: Sequence[str] = ()) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for name, arm in results["arms"]["arms"].items():
-            s, (low, high) = arm["success"]["overall"], arm["success"]["overall"]["ci95"]
+            s = arm["success"]["overall"]
             seeds = ", ".join(f"{r:.2f}" for r in arm["success"]["seed_rates"])
             mae = ", ".join(f"{n} {v:.4f}" for n, v in arm["action_mae"].items())
-            lines.append(
-                f"| {name} | {arm['seeds']} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] "
-                f"| {s['episodes']} | {seeds} | {mae} |"
-            )
+            lines.append(f"| {name} | {arm['seeds']} | {rate_cells(s)} | {s['episodes']} | {seeds} | {mae} |")
     if "labelled_data" in results:
         lines += ["", "| arm | labelled trajectories | success | 95% interval |", "|---|---|---|---|"]
         for name, by_count in results["labelled_data"]["curve"].items():
-            for count, s in by_count.items():
-                low, high = s["ci95"]
-                lines.append(f"| {name} | {count} | {s['success_rate']:.2f} | [{low:.2f}, {high:.2f}] |")
+            lines += [f"| {name} | {count} | {rate_cells(s)} |" for count, s in by_count.items()]
     for name in figure_files:
         lines += ["", f"![{name}](figures/{name})"]
     return "\n".join(lines) + "\n"
