@@ -33,6 +33,10 @@ def _base() -> ml_collections.ConfigDict:
     c.num_kv_heads = 32
     c.rms_norm_eps = 1e-6
     c.rope_theta = 50_000_000.0
+    # 0: LWM's rotary positions only. N > 0: every image code also gets a fixed 2-D sin-cos embedding
+    # of its row and column in an N x N grid (the frame's tokens_per_frame is N * N), so that a small
+    # model trained from scratch can tell where things are; LWM and LAPA's checkpoints have none
+    c.vision_grid = 0
     c.max_sequence_length = 4096
     c.initializer_range = 0.02
     # numerics and execution
@@ -81,6 +85,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"remat_policy {c.remat_policy!r} is not one of {REMAT_POLICIES}")
     if c.attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend {c.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
+    grid = c.get("vision_grid", 0)
+    if grid < 0 or (grid and c.hidden_size % 4):
+        raise ValueError(f"vision_grid {grid} needs to be >= 0, and > 0 needs hidden_size divisible by 4")
+
+
+def check_vision_grid(c: ml_collections.ConfigDict, tokens_per_frame: int) -> None:
+    """A ``vision_grid`` model reads frames of exactly grid x grid codes."""
+    grid = c.get("vision_grid", 0)
+    if grid and grid * grid != tokens_per_frame:
+        raise ValueError(
+            f"model.vision_grid {grid} lays out {grid * grid} codes per frame; the frames have "
+            f"{tokens_per_frame} (tokens_per_frame)"
+        )
 
 
 def from_lapa_config(cfg: dict[str, Any] | str | Path) -> ml_collections.ConfigDict:

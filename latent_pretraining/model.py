@@ -33,6 +33,10 @@ class Modality(enum.IntEnum):
 
 
 VOCABS: tuple[str, ...] = ("text", "vision", "latent", "action")
+# LWM's vision vocabulary: image codes below END_OF_FRAME, which ends a frame inside a multi-frame
+# span; END_OF_VISION ends the span
+END_OF_FRAME = 8192
+END_OF_VISION = 8193
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 
@@ -182,6 +186,26 @@ def remat_policy(name: str):
     raise ValueError(f"unknown remat policy {name!r}")
 
 
+def vision_grid_embedding(
+    input_ids: jax.Array, modality: jax.Array, cfg: ml_collections.ConfigDict
+) -> jax.Array:
+    """[B, T, D] fixed 2-D sin-cos embeddings (as in ViT-style ``posemb_sincos_2d``) of each image
+    code's row and column in its ``vision_grid`` x ``vision_grid`` frame; zero at every other token.
+
+    Codes are counted along each sequence, markers left out. Every frame holds grid x grid codes (the
+    trainer checks it), so each frame of a span and of each packed example starts again at slot 0.
+    Scaled by ``initializer_range``, the token embeddings' initial scale, so the codes' own
+    embeddings are not drowned."""
+    grid, d = cfg.vision_grid, cfg.hidden_size
+    is_code = (modality == Modality.VISION) & (input_ids < END_OF_FRAME)
+    slot = (jnp.cumsum(is_code, axis=1) - 1) % (grid * grid)
+    omega = 1.0 / 10_000.0 ** (jnp.arange(d // 4, dtype=jnp.float32) / (d // 4))
+    row = (slot // grid).astype(jnp.float32)[..., None] * omega
+    col = (slot % grid).astype(jnp.float32)[..., None] * omega
+    table = jnp.concatenate([jnp.sin(col), jnp.cos(col), jnp.sin(row), jnp.cos(row)], axis=-1)
+    return jnp.where(is_code[..., None], cfg.initializer_range * table, 0.0)
+
+
 class VLAModel(nnx.Module):
     """The multimodal LLaMA. See ``__call__`` for training and ``decode_step``
     (with ``hidden_states(..., collect_kv=True)`` as prefill) for generation."""
@@ -219,6 +243,8 @@ class VLAModel(nnx.Module):
             table = getattr(self, f"{name}_embed")[...]
             rows = jnp.take(table, jnp.where(selected, input_ids, 0), axis=0).astype(self.dtype)
             x = jnp.where(selected[..., None], rows, x)
+        if self.config.get("vision_grid", 0):
+            x = x + vision_grid_embedding(input_ids, modality, self.config).astype(self.dtype)
         return with_logical_constraint(x, BATCH_LENGTH_EMBED)
 
     def logits(self, hidden: jax.Array, head: str) -> jax.Array:
@@ -330,6 +356,8 @@ class VLAModel(nnx.Module):
 
         Returns the final hidden state [B, 1, D] and the updated cache.
         """
+        if modality == Modality.VISION and self.config.get("vision_grid", 0):
+            raise ValueError("vision_grid > 0: a generated image code's place in its frame is unknown")
         b = input_ids.shape[0]
         segment = cache.segment.at[:, slot].set(1)
         attn = AttentionInputs(

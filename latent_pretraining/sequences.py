@@ -22,10 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from latent_pretraining.model import Modality
+from latent_pretraining.model import END_OF_FRAME, END_OF_VISION, Modality
 
-END_OF_FRAME = 8192
-END_OF_VISION = 8193
 MARKERS = ("<vision>", "</vision>", "<delta>", "</delta>", "<action>", "</action>")  # each its own call
 
 

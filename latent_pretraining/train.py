@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from latent_pretraining.actions.bins import ActionBins
+from latent_pretraining.config import check_vision_grid
 from latent_pretraining.core import loop
 from latent_pretraining.core.checkpointing import Checkpointer
 from latent_pretraining.core.optim import build_optimizer
@@ -224,6 +225,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     m = config.model
     tokenizer = TextTokenizer(config.data.tokenizer)
     _check_text_setup(tokenizer, config)
+    check_vision_grid(config.model, config.data.tokens_per_frame)
     bins = _action_bins(config)
     train_images = eval_images = None
     if config.data.vqgan_checkpoint:

@@ -31,6 +31,39 @@ def test_same_id_is_embedded_by_its_modality_table():
         np.testing.assert_array_equal(rows[i], np.asarray(getattr(model, f"{name}_embed")[...])[5])
 
 
+def test_vision_grid_adds_each_codes_row_and_column_and_nothing_elsewhere():
+    """Two 2x2 frames in one span (8192 between, 8193 after), then an action token: the codes get
+    the sin-cos of their (row, column) in their own frame; markers, text and actions get nothing."""
+    plain = debug_model(vision_vocab_size=8448)  # room for the frame markers
+    gridded = debug_model(vision_vocab_size=8448, vision_grid=2)
+    gridded.vision_embed[...] = plain.vision_embed[...]  # the same tables, so only the grid differs
+    for name in ("text", "action"):
+        getattr(gridded, f"{name}_embed")[...] = getattr(plain, f"{name}_embed")[...]
+    t, v, a = Modality.TEXT, Modality.VISION, Modality.ACTION
+    ids = jnp.asarray([[7, 3, 1, 4, 1, 8192, 5, 9, 2, 6, 8193, 11]])
+    modality = jnp.asarray([[t, v, v, v, v, v, v, v, v, v, v, a]])
+    added = np.asarray(gridded.embed(ids, modality) - plain.embed(ids, modality))[0]
+    d = 64  # the debug model's width: sin, cos of the column, then sin, cos of the row, d/4 each
+    omega = 1.0 / 10_000.0 ** (np.arange(d // 4) / (d // 4))
+
+    def expected(row, col):
+        return 0.02 * np.concatenate(
+            [np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)]
+        )
+
+    places = {1: (0, 0), 2: (0, 1), 3: (1, 0), 4: (1, 1), 6: (0, 0), 7: (0, 1), 8: (1, 0), 9: (1, 1)}
+    for position in range(ids.shape[1]):
+        want = expected(*places[position]) if position in places else np.zeros(d)
+        np.testing.assert_allclose(added[position], want, atol=1e-6, err_msg=f"position {position}")
+
+
+def test_vision_grid_refuses_to_generate_image_codes():
+    """A generated code's place in its frame is not known one token at a time."""
+    model = debug_model(vision_grid=2)
+    with pytest.raises(ValueError, match="vision_grid"):
+        model.decode_step(jnp.ones((1, 1), jnp.int32), Modality.VISION, jnp.zeros((1, 1), jnp.int32), None, 0)
+
+
 def test_changing_a_vision_token_changes_only_later_positions():
     model = debug_model()
     ids, modality = mixed_batch(1)
@@ -264,6 +297,7 @@ def test_presets():
         ({"remat_policy": "sometimes"}, "remat_policy"),
         ({"attention_backend": "flash"}, "attention_backend"),
         ({"num_heads": 5}, "not divisible by num_heads"),
+        ({"vision_grid": -1}, "vision_grid"),
     ],
 )
 def test_config_errors_name_the_field(overrides, message):

@@ -154,6 +154,10 @@ def _edit_json(path, edit):
             lambda d: _edit_json(d / "policy.json", lambda s: s["model"].update(vision_vocab_size=96)),
             r"policy.json: model.vision_vocab_size 96 has no end-of-vision id",
         ),
+        (
+            lambda d: _edit_json(d / "policy.json", lambda s: s["model"].update(vision_grid=3)),
+            r"policy.json: model.vision_grid 3 lays out 9 codes per frame; the frames have 64",
+        ),
         (lambda d: (d / "params").unlink(), r"params: missing"),
         (lambda d: (d / "bins.csv").unlink(), r"bins.csv: missing"),
     ],

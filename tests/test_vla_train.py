@@ -275,3 +275,18 @@ def test_tokenizer_and_row_length_must_fit_the_model(sp_model):
     config.data.max_length = config.model.max_sequence_length + 1
     with pytest.raises(ValueError, match=r"exceeds model\.max_sequence_length"):
         vla_train._check_text_setup(tokenizer, config)
+
+
+def test_a_vision_grid_must_match_the_frames(tmp_path, sp_model):
+    """A 4x4 grid with the debug preset's 16 tokens per frame trains; a 3x3 one is refused first."""
+    write_latent_jsonl(tmp_path / "train.jsonl", 16)
+    settings = {"data.train": str(tmp_path / "train.jsonl"), "total_steps": 2, "log_every": 1}
+    config = _config(tmp_path, sp_model, **settings, **{"model.vision_grid": 4})
+    config.save_every = 0
+    assert np.isfinite(vla_train.train(config)["loss"])
+    config.model.vision_grid = 3
+    config.run_dir = str(tmp_path / "run_3x3")
+    with pytest.raises(
+        ValueError, match=r"model\.vision_grid 3 lays out 9 codes per frame; the frames have 16"
+    ):
+        vla_train.train(config)

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from latent_pretraining.actions.bins import GRIPPER_CONVENTIONS, ActionBins
 from latent_pretraining.actions.spec import ACTION_DIMS, ACTION_NAMES, ACTION_UNITS
-from latent_pretraining.config import from_lapa_config, validate
+from latent_pretraining.config import check_vision_grid, from_lapa_config, validate
 from latent_pretraining.core.checkpointing import Checkpointer, saved_steps
 from latent_pretraining.core.files import write_together
 from latent_pretraining.core.sharding import make_mesh, state_shardings
@@ -292,6 +292,10 @@ def _model(spec: dict[str, Any], where: Path) -> ml_collections.ConfigDict:
             raise BundleError(f"{where}: missing sequence.{key}")
     if "{task}" not in sequence["prompt_template"]:
         raise BundleError(f"{where}: sequence.prompt_template has no '{{task}}' placeholder")
+    try:
+        check_vision_grid(model, sequence["tokens_per_frame"])
+    except ValueError as e:
+        raise BundleError(f"{where}: {e}") from None
     return model
 
 
