@@ -220,18 +220,29 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
                 "python -m latent_pretraining.policy export --run <run_dir> --out <dir>"
             )
         check_export(config, config.export_policy)  # fail now, not after the run
+    check_vision_grid(config.model, config.data.tokens_per_frame)
+    if config.model.get("vision_grid", 0) and config.export_params:
+        raise ValueError(
+            "--config.export_params writes LAPA's params:: format, which has no place for "
+            "model.vision_grid (LWM and LAPA have no such embedding); export a policy bundle instead"
+        )
     run_dir = loop.prepare_run(config)
     mesh = make_mesh(config.mesh)
     m = config.model
     tokenizer = TextTokenizer(config.data.tokenizer)
     _check_text_setup(tokenizer, config)
-    check_vision_grid(config.model, config.data.tokens_per_frame)
     bins = _action_bins(config)
     train_images = eval_images = None
     if config.data.vqgan_checkpoint:
         encoder = load_row_encoder(
             config.data.vqgan_checkpoint, config.data.vqgan_config or None, config.data.image_root or None
         )
+        grid = config.model.get("vision_grid", 0)
+        if grid and encoder.tokens_per_image != grid * grid:
+            raise ValueError(
+                f"{config.data.vqgan_checkpoint}: {encoder.tokens_per_image} codes per image, but "
+                f"model.vision_grid {grid} lays out one frame of {grid * grid} per image"
+            )
         train_images = ImageTokens(encoder, config.data.pp_train, config.seed)
         eval_images = ImageTokens(encoder, config.data.pp_eval, config.seed)
     builder = SequenceBuilder(

@@ -148,8 +148,9 @@ def test_remat_policies_give_identical_gradients(scan_layers):
         chex.assert_trees_all_close(grads, reference, rtol=1e-5, atol=1e-7, custom_message=policy)
 
 
-def test_packed_examples_do_not_see_each_other():
-    model = debug_model()
+@pytest.mark.parametrize("vision_grid", [0, 2])  # 2: the 8 codes of each example are two 2x2 frames
+def test_packed_examples_do_not_see_each_other(vision_grid):
+    model = debug_model(vision_grid=vision_grid)
     a_ids, a_mod = mixed_batch(1, seed=1)
     b_ids, b_mod = mixed_batch(1, seed=2, text=3)
     packed_ids = np.concatenate([a_ids, b_ids], axis=1)
@@ -165,8 +166,9 @@ def test_packed_examples_do_not_see_each_other():
         np.testing.assert_allclose(packed[name][:, na:], alone_b[name], rtol=1e-5, atol=1e-6)
 
 
-def test_left_padding_does_not_change_real_tokens():
-    model = debug_model()
+@pytest.mark.parametrize("vision_grid", [0, 2])  # 2: the 8 codes of each example are two 2x2 frames
+def test_left_padding_does_not_change_real_tokens(vision_grid):
+    model = debug_model(vision_grid=vision_grid)
     ids, modality = mixed_batch(1)
     pad = 5
     padded_ids = np.pad(ids, [(0, 0), (pad, 0)])

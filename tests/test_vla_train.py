@@ -277,16 +277,23 @@ def test_tokenizer_and_row_length_must_fit_the_model(sp_model):
         vla_train._check_text_setup(tokenizer, config)
 
 
-def test_a_vision_grid_must_match_the_frames(tmp_path, sp_model):
-    """A 4x4 grid with the debug preset's 16 tokens per frame trains; a 3x3 one is refused first."""
+def test_a_vision_grid_reaches_the_model_and_must_match_the_frames(tmp_path, sp_model):
+    """A 4x4 grid with the debug preset's 16 tokens per frame changes the first loss (same seed and
+    rows); a 3x3 grid, or a grid with a LAPA params:: export, is refused before the run dir exists."""
     write_latent_jsonl(tmp_path / "train.jsonl", 16)
-    settings = {"data.train": str(tmp_path / "train.jsonl"), "total_steps": 2, "log_every": 1}
-    config = _config(tmp_path, sp_model, **settings, **{"model.vision_grid": 4})
-    config.save_every = 0
-    assert np.isfinite(vla_train.train(config)["loss"])
-    config.model.vision_grid = 3
-    config.run_dir = str(tmp_path / "run_3x3")
+    settings = {"data.train": str(tmp_path / "train.jsonl"), "total_steps": 1, "log_every": 1}
+    losses = {}
+    for grid in (0, 4):
+        config = _config(tmp_path, sp_model, **settings, **{"model.vision_grid": grid})
+        config.run_dir, config.save_every = str(tmp_path / f"run_{grid}"), 0
+        losses[grid] = vla_train.train(config)["loss"]
+    assert np.isfinite(losses[4]) and abs(losses[4] - losses[0]) > 1e-6
+    config.model.vision_grid, config.run_dir = 3, str(tmp_path / "run_3")
     with pytest.raises(
         ValueError, match=r"model\.vision_grid 3 lays out 9 codes per frame; the frames have 16"
     ):
         vla_train.train(config)
+    config.model.vision_grid, config.export_params = 4, str(tmp_path / "lapa_params")
+    with pytest.raises(ValueError, match=r"export_params writes LAPA's params:: format"):
+        vla_train.train(config)
+    assert not (tmp_path / "run_3").exists()

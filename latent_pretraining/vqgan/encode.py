@@ -36,7 +36,7 @@ from latent_pretraining.core.partial import paths as partial_paths
 from latent_pretraining.episodes import load_image
 from latent_pretraining.vqgan.images import PP_MODES, check_mode, preprocess
 from latent_pretraining.vqgan.lwm_checkpoint import load_lwm_vqgan
-from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config
+from latent_pretraining.vqgan.model import VQGAN, get_vqgan_config, tokens_per_side
 
 
 class EncodeError(ValueError):
@@ -74,6 +74,7 @@ class RowEncoder:
         self.encoder = Encoder(model, batch_size)
         self.image_root = None if image_root is None else Path(image_root)
         self.codebook_size = int(model.config.num_embeddings)
+        self.tokens_per_image = tokens_per_side(model.config) ** 2
 
     def __call__(
         self,
