@@ -85,18 +85,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ValueError(f"remat_policy {c.remat_policy!r} is not one of {REMAT_POLICIES}")
     if c.attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend {c.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
-    grid = c.get("vision_grid", 0)
+    grid = vision_grid(c)
     if grid < 0 or (grid and c.hidden_size % 4):
         raise ValueError(f"vision_grid {grid} needs to be >= 0, and > 0 needs hidden_size divisible by 4")
 
 
-def check_vision_grid(c: ml_collections.ConfigDict, tokens_per_frame: int) -> None:
-    """A ``vision_grid`` model reads frames of exactly grid x grid codes."""
-    grid = c.get("vision_grid", 0)
-    if grid and grid * grid != tokens_per_frame:
+def vision_grid(c: ml_collections.ConfigDict) -> int:
+    """The model's ``vision_grid``; 0 for configs saved before the field existed."""
+    return int(c.get("vision_grid", 0))
+
+
+def check_vision_grid(c: ml_collections.ConfigDict, codes: int, source: str = "tokens_per_frame") -> None:
+    """A ``vision_grid`` model reads frames of exactly grid x grid codes; ``codes`` per frame come from
+    ``source`` (named in the error)."""
+    grid = vision_grid(c)
+    if grid and grid * grid != codes:
         raise ValueError(
             f"model.vision_grid {grid} lays out {grid * grid} codes per frame; the frames have "
-            f"{tokens_per_frame} (tokens_per_frame)"
+            f"{codes} ({source})"
         )
 
 

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from latent_pretraining.attention import dot_product_attention, rope
-from latent_pretraining.config import validate
+from latent_pretraining.config import validate, vision_grid
 from latent_pretraining.core.sharding import with_logical_constraint
 
 
@@ -196,14 +196,14 @@ def vision_grid_embedding(
     trainer checks it), so each frame of a span and of each packed example starts again at slot 0.
     Scaled by ``initializer_range``, the token embeddings' initial scale, so the codes' own
     embeddings are not drowned."""
-    grid, d = cfg.vision_grid, cfg.hidden_size
+    grid, d = vision_grid(cfg), cfg.hidden_size
+    omega = 1.0 / 10_000.0 ** (jnp.arange(d // 4, dtype=jnp.float32) / (d // 4))
+    slots = jnp.arange(grid * grid)
+    row, col = (slots // grid)[:, None] * omega, (slots % grid)[:, None] * omega
+    table = jnp.concatenate([jnp.sin(col), jnp.cos(col), jnp.sin(row), jnp.cos(row)], axis=-1)  # [grid^2, D]
     is_code = (modality == Modality.VISION) & (input_ids < END_OF_FRAME)
     slot = (jnp.cumsum(is_code, axis=1) - 1) % (grid * grid)
-    omega = 1.0 / 10_000.0 ** (jnp.arange(d // 4, dtype=jnp.float32) / (d // 4))
-    row = (slot // grid).astype(jnp.float32)[..., None] * omega
-    col = (slot % grid).astype(jnp.float32)[..., None] * omega
-    table = jnp.concatenate([jnp.sin(col), jnp.cos(col), jnp.sin(row), jnp.cos(row)], axis=-1)
-    return jnp.where(is_code[..., None], cfg.initializer_range * table, 0.0)
+    return jnp.where(is_code[..., None], cfg.initializer_range * table[slot], 0.0)
 
 
 class VLAModel(nnx.Module):
@@ -243,7 +243,7 @@ class VLAModel(nnx.Module):
             table = getattr(self, f"{name}_embed")[...]
             rows = jnp.take(table, jnp.where(selected, input_ids, 0), axis=0).astype(self.dtype)
             x = jnp.where(selected[..., None], rows, x)
-        if self.config.get("vision_grid", 0):
+        if vision_grid(self.config):
             x = x + vision_grid_embedding(input_ids, modality, self.config).astype(self.dtype)
         return with_logical_constraint(x, BATCH_LENGTH_EMBED)
 
@@ -356,7 +356,7 @@ class VLAModel(nnx.Module):
 
         Returns the final hidden state [B, 1, D] and the updated cache.
         """
-        if modality == Modality.VISION and self.config.get("vision_grid", 0):
+        if modality == Modality.VISION and vision_grid(self.config):
             raise ValueError("vision_grid > 0: a generated image code's place in its frame is unknown")
         b = input_ids.shape[0]
         segment = cache.segment.at[:, slot].set(1)

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from latent_pretraining.actions.bins import ActionBins
-from latent_pretraining.config import check_vision_grid
+from latent_pretraining.config import check_vision_grid, vision_grid
 from latent_pretraining.core import loop
 from latent_pretraining.core.checkpointing import Checkpointer
 from latent_pretraining.core.optim import build_optimizer
@@ -221,7 +221,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             )
         check_export(config, config.export_policy)  # fail now, not after the run
     check_vision_grid(config.model, config.data.tokens_per_frame)
-    if config.model.get("vision_grid", 0) and config.export_params:
+    if vision_grid(config.model) and config.export_params:
         raise ValueError(
             "--config.export_params writes LAPA's params:: format, which has no place for "
             "model.vision_grid (LWM and LAPA have no such embedding); export a policy bundle instead"
@@ -237,12 +237,9 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         encoder = load_row_encoder(
             config.data.vqgan_checkpoint, config.data.vqgan_config or None, config.data.image_root or None
         )
-        grid = config.model.get("vision_grid", 0)
-        if grid and encoder.tokens_per_image != grid * grid:
-            raise ValueError(
-                f"{config.data.vqgan_checkpoint}: {encoder.tokens_per_image} codes per image, but "
-                f"model.vision_grid {grid} lays out one frame of {grid * grid} per image"
-            )
+        check_vision_grid(
+            config.model, encoder.tokens_per_image, f"one image of {config.data.vqgan_checkpoint}"
+        )
         train_images = ImageTokens(encoder, config.data.pp_train, config.seed)
         eval_images = ImageTokens(encoder, config.data.pp_eval, config.seed)
     builder = SequenceBuilder(
