@@ -3,7 +3,9 @@
 Every primitive is rasterised inside its own bounding box, so a 64x64 frame costs
 a few hundred microseconds. Height is visible: things higher up are drawn larger
 and their shadows fall further away; the gripper shows its yaw (finger axis) and
-whether it is open (finger gap).
+whether it is open (finger gap). A two-link arm (a SCARA robot seen from above) joins
+the gripper to a base beyond the table's bottom edge, so any move of the gripper moves
+many pixels: the arm is what a video model sees of the motion.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ SHADOW_SHIFT = (0.35, 0.25)  # shadow offset per unit of height (x, y)
 SHADOW_DARKEN = 0.55
 GRIPPER_COLOUR = np.array([70, 70, 80], np.float32)
 FINGER_COLOUR = np.array([200, 200, 210], np.float32)
+HUB_COLOUR = np.array([20, 20, 25], np.float32)
+ARM_COLOUR = np.array([95, 95, 110], np.float32)
+ARM_BASE = (0.5, 1.15)  # the shoulder, below the table's bottom edge (table coordinates)
+ARM_LINK = 0.62  # length of each link; the reach covers the whole table
+ARM_WIDTH = 0.025  # half-width of the forearm; the upper arm is 1.2 times as wide
 
 
 def make_background(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -91,6 +98,20 @@ class Canvas:
             mask = (np.abs(u) <= radius) & (np.abs(v) <= radius / 3.0)
         else:
             raise ValueError(f"unknown shape {kind!r}")
+        self._fill(region, mask, colour, alpha, darken)
+
+    def rod(self, x0: float, y0: float, x1: float, y1: float, half_width: float, colour) -> None:
+        """Draws a segment from (x0, y0) to (x1, y1) with round ends, ``half_width`` wide each side."""
+        box = self._box((x0 + x1) / 2, (y0 + y1) / 2, math.hypot(x1 - x0, y1 - y0) / 2 + half_width)
+        if box is None:
+            return
+        region, x, y = box  # relative to the segment's midpoint
+        hx, hy = (x1 - x0) / 2, (y1 - y0) / 2
+        t = np.clip((x * hx + y * hy) / max(hx * hx + hy * hy, 1e-12), -1.0, 1.0)
+        mask = (x - t * hx) ** 2 + (y - t * hy) ** 2 <= half_width * half_width
+        self._fill(region, mask, colour, 1.0, None)
+
+    def _fill(self, region, mask: np.ndarray, colour, alpha: float, darken: float | None) -> None:
         pixels = self.image[region]
         where = mask[..., None]
         if darken is not None:
@@ -132,6 +153,7 @@ def render(
             darken=SHADOW_DARKEN,
         )
     gx, gy, gz, gyaw = (float(v) for v in state.gripper)
+    _arm(canvas, gx, gy)  # beneath the objects, so that it never hides them
     _gripper_parts(
         canvas, gx + SHADOW_SHIFT[0] * gz, gy + SHADOW_SHIFT[1] * gz, 0.0, gyaw, state.closed, shadow=True
     )
@@ -145,10 +167,26 @@ def render(
     return image.clip(0, 255).astype(np.uint8)
 
 
+def arm_elbow(x: float, y: float) -> tuple[float, float]:
+    """The elbow of the two-link arm whose hand is at (x, y): planar inverse kinematics, elbow to
+    the right of the shoulder-hand line; a hand out of reach gets the arm stretched towards it."""
+    bx, by = ARM_BASE
+    reach = max(math.hypot(x - bx, y - by), 1e-9)
+    angle = math.atan2(y - by, x - bx) + math.acos(min(1.0, reach / (2 * ARM_LINK)))
+    return bx + ARM_LINK * math.cos(angle), by + ARM_LINK * math.sin(angle)
+
+
+def _arm(canvas: Canvas, x: float, y: float) -> None:
+    ex, ey = arm_elbow(x, y)
+    canvas.rod(*ARM_BASE, ex, ey, 1.2 * ARM_WIDTH, ARM_COLOUR)
+    canvas.rod(ex, ey, x, y, ARM_WIDTH, ARM_COLOUR)
+
+
 def _gripper_parts(
     canvas: Canvas, x: float, y: float, z: float, yaw: float, closed: bool, shadow: bool
 ) -> None:
-    """A palm bar across the finger axis and two fingers whose gap shows open/closed."""
+    """A palm bar across the finger axis, a dark hub at its centre, and two fingers whose gap shows
+    open/closed."""
     scale = height_scale(z)
     gap = (0.018 if closed else 0.055) * scale
     c, s = math.cos(yaw), math.sin(yaw)
@@ -156,4 +194,5 @@ def _gripper_parts(
     canvas.shape("bar", x, y, gap + 0.012 * scale, yaw, GRIPPER_COLOUR, darken=darken)
     for sign in (-1.0, 1.0):
         fx, fy = x + sign * gap * c, y + sign * gap * s
-        canvas.shape("cube", fx, fy, 0.016 * scale, yaw, FINGER_COLOUR, darken=darken)
+        canvas.shape("cube", fx, fy, 0.024 * scale, yaw, FINGER_COLOUR, darken=darken)
+    canvas.shape("ball", x, y, 0.03 * scale, 0.0, HUB_COLOUR, darken=darken)

@@ -9,7 +9,7 @@ import pytest
 
 from sim.env import EnvConfig, TabletopEnv
 from sim.expert import ScriptedExpert
-from sim.render import make_background, render
+from sim.render import ARM_BASE, ARM_COLOUR, ARM_LINK, arm_elbow, make_background, render
 from sim.tasks import TASK_KINDS, TEMPLATES
 from sim.world import (
     MAX_ROTATION,
@@ -148,6 +148,29 @@ def test_rendering_shows_height_yaw_and_open_closed():
     assert _gripper_pixels(high) > 1.3 * _gripper_pixels(low) > 0  # higher looks bigger
     for other in (turned, closed):
         assert (other != low).any(axis=-1).sum() > 20
+
+
+@pytest.mark.parametrize("hand", [(0.05, 0.05), (0.95, 0.05), (0.5, 0.5), (0.05, 0.95), (0.95, 0.95)])
+def test_arm_links_keep_their_length_over_the_whole_table(hand):
+    ex, ey = arm_elbow(*hand)
+    assert math.hypot(ex - ARM_BASE[0], ey - ARM_BASE[1]) == pytest.approx(ARM_LINK)
+    assert math.hypot(hand[0] - ex, hand[1] - ey) == pytest.approx(ARM_LINK)
+
+
+def test_the_arm_moves_far_from_the_gripper_whichever_way_it_moves():
+    """A move along x or along y alone changes arm pixels well away from both gripper positions."""
+    size = 64
+    background = make_background(size, np.random.default_rng(0))
+    obj = [WorldObject("red", "cube", 0.15, 0.15, 0.06)]
+    start = render(_state(obj, gripper=(0.5, 0.4, 0.2, 0.0)), background)
+    assert (start == ARM_COLOUR).all(-1)[-1].any()  # the arm enters at the bottom edge
+    centres = (np.arange(size) + 0.5) / size
+    for moved in ((0.6, 0.4), (0.5, 0.5)):
+        after = render(_state(obj, gripper=(*moved, 0.2, 0.0)), background)
+        far = np.ones((size, size), bool)
+        for gx, gy in ((0.5, 0.4), moved):
+            far &= np.hypot(centres[None, :] - gx, centres[:, None] - gy) > 0.15
+        assert ((start != after).any(-1) & far).sum() > 20
 
 
 def test_distractors_are_off_by_default_and_move_the_pixels_when_on():
