@@ -26,7 +26,7 @@ PRESET=${1:-quick}
 case $PRESET in
   micro) UNLABELLED=6 PLAY_NOISE=0.1 EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10
          BATCH=4 BINS=8 EVAL_EPISODES=1 SEEDS=1 CURVE="" ;;
-  quick) UNLABELLED=100 PLAY_NOISE=1.0 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=250 PRETRAIN_STEPS=300 FINETUNE_STEPS=300
+  quick) UNLABELLED=100 PLAY_NOISE=1.0 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=250 PRETRAIN_STEPS=600 FINETUNE_STEPS=500
          BATCH=16 BINS=32 EVAL_EPISODES=3 SEEDS=1 CURVE="" ;;
   full) UNLABELLED=1000 PLAY_NOISE=1.0 EPISODES=60 HELD_OUT=10 IMAGE_STEPS=3000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000
          BATCH=16 BINS=32 EVAL_EPISODES=10 SEEDS=3 CURVE="5 10 25" ;;
@@ -38,6 +38,8 @@ OUT=${DEMO_OUT:-demo_out/$PRESET}
 PY=.venv/bin/python
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 mkdir -p "$OUT/.stages"
+# every VLA run: each image code knows its row and column, and a rate that learns them in minutes
+VLA_ARGS=(--config.model.vision_grid=8 --config.optimizer.learning_rate=3e-3)
 save_every() { echo $(( $1 < 500 ? $1 : 500 )); }   # checkpoints a killed full run resumes from
 
 STAGE="" RAN_ONE=0 SERVER=""
@@ -107,7 +109,7 @@ pretrain_on() {  # pretrain_on LABELS RUN_DIR: the debug VLA pretrained on $OUT/
       --config.data.train="$OUT/$1_train.jsonl" --config.data.eval="$OUT/$1_eval.jsonl" \
       --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
       --config.total_steps="$PRETRAIN_STEPS" --config.save_every="$(save_every "$PRETRAIN_STEPS")" \
-      --config.batch_size="$BATCH" --config.eval_every=0 --config.run_dir="$2"
+      --config.batch_size="$BATCH" --config.eval_every=0 "${VLA_ARGS[@]}" --config.run_dir="$2"
 }
 pretrain() { pretrain_on latent "$OUT/vla_latent"; }
 preprocess() {
@@ -123,7 +125,7 @@ finetune_from() {  # finetune_from INIT RUN_DIR SEED [ROWS]: INIT a pretrained r
       --config.data.tokenizer="$OUT/tokenizer.model" --config.data.tokens_per_frame=64 --config.data.max_length=192 \
       --config.data.action_bins="$OUT/bins.csv" --config.total_steps="$FINETUNE_STEPS" \
       --config.save_every="$(save_every "$FINETUNE_STEPS")" --config.batch_size="$BATCH" --config.eval_every=0 \
-      --config.init="$1" --config.seed="$3" --config.run_dir="$2"
+      --config.init="$1" --config.seed="$3" "${VLA_ARGS[@]}" --config.run_dir="$2"
 }
 finetune() { finetune_from "$OUT/vla_latent" "$OUT/vla_finetune" 0; }
 policy() {

@@ -158,7 +158,8 @@ def test_action_ids_the_bins_cannot_decode_and_a_short_bins_csv_are_errors(tmp_p
         vla_train.train(config)
 
 
-def test_held_out_images_are_never_augmented_and_the_modes_are_recorded(tmp_path, sp_model, monkeypatch):
+def _write_vqgan_rows(tmp_path):
+    """A random ``tiny`` VQGAN (8x8 codes per image) at tmp_path/vqgan, and train/eval rows of 8 images."""
     from flax import nnx
     from PIL import Image
 
@@ -182,6 +183,10 @@ def test_held_out_images_are_never_augmented_and_the_modes_are_recorded(tmp_path
         )
     for name in ("train.jsonl", "eval.jsonl"):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_held_out_images_are_never_augmented_and_the_modes_are_recorded(tmp_path, sp_model, monkeypatch):
+    _write_vqgan_rows(tmp_path)
     modes = []
     real = vla_train.load_examples
 
@@ -211,6 +216,19 @@ def test_held_out_images_are_never_augmented_and_the_modes_are_recorded(tmp_path
     assert modes == [("train.jsonl", "augment"), ("eval.jsonl", "center_crop")]
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
     assert (recorded["pp_train"], recorded["pp_eval"]) == ("augment", "center_crop")
+
+
+def test_a_vision_grid_must_match_the_vqgan_images(tmp_path, sp_model):
+    _write_vqgan_rows(tmp_path)
+    settings = {
+        "data.train": str(tmp_path / "train.jsonl"),
+        "data.vqgan_checkpoint": str(tmp_path / "vqgan"),
+        "data.image_root": str(tmp_path / "images"),
+        "model.vision_grid": 4,  # 16 tokens per frame, as the debug preset has; the VQGAN gives 64
+    }
+    refused = r"vision_grid 4 lays out 16 codes per frame; the frames have 64 \(one image of .*vqgan\)"
+    with pytest.raises(ValueError, match=refused):
+        vla_train.train(_config(tmp_path, sp_model, **settings))
 
 
 class _StartedError(Exception):
