@@ -89,7 +89,7 @@ lam() {
   fresh "$OUT/lam"
   $PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
       --config.data.path="$OUT/unlabelled/videos" --config.total_steps="$LAM_STEPS" --config.eval_every=0 \
-      --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=1e-3 --config.run_dir="$OUT/lam"
+      --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=2e-3 --config.run_dir="$OUT/lam"
 }
 labels() {
   rm -f "$OUT/latent.jsonl"
