@@ -23,7 +23,7 @@ FINGER_COLOUR = np.array([200, 200, 210], np.float32)
 HUB_COLOUR = np.array([20, 20, 25], np.float32)
 ARM_COLOUR = np.array([95, 95, 110], np.float32)
 ARM_BASE = (0.5, 1.15)  # the shoulder, below the table's bottom edge (table coordinates)
-ARM_LINK = 0.62  # length of each link; the reach covers the whole table
+ARM_LINK = 0.62  # length of each link; reach 1.24 covers all but the far corners (1.25 away)
 ARM_WIDTH = 0.025  # half-width of the forearm; the upper arm is 1.2 times as wide
 
 
