@@ -138,7 +138,7 @@ def objective(cfg):
     every_head = dict.fromkeys(VOCABS, 1.0)
 
     def loss_fn(model, batch, rng):  # one forward scores every head, as LAPA's step does
-        _, metrics, _ = token_losses(model, batch, every_head)
+        _, metrics, _, _ = token_losses(model, batch, every_head)
         return metrics["loss_action"], metrics, None  # only the action loss is differentiated
 
     return job, loss_fn, loss_heads, forward_heads

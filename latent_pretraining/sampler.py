@@ -64,14 +64,17 @@ def _pick(
     key: jax.Array,
     temperature: jax.Array,
     allowed: jax.Array | None,
-    greedy: bool,
+    mode: str,
     top_k: int,
 ) -> jax.Array:
-    """Chooses one token per row from float32 logits [B, V]."""
+    """Chooses one token per row from float32 logits [B, V]: ``greedy`` (argmax), ``median`` or ``sample``."""
     if allowed is not None:
         logits = jnp.where(allowed[None, :], logits, -jnp.inf)
-    if greedy:
+    if mode == "greedy":
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if mode == "median":  # the first id whose cumulative probability reaches one half
+        cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+        return jnp.argmax(cdf >= 0.5, axis=-1).astype(jnp.int32)
     logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
@@ -91,7 +94,7 @@ def _generate(
     *,
     vocab: str,
     num_tokens: int,
-    greedy: bool,
+    mode: str,
     top_k: int,
 ) -> jax.Array:
     model: VLAModel = nnx.merge(graphdef, state)
@@ -107,7 +110,7 @@ def _generate(
         segment=jnp.pad(attention_mask.astype(jnp.int32), [(0, 0), (0, num_tokens)]),
     )
     key, rng = jax.random.split(rng)
-    first = _pick(logits, key, temperature, None if allowed is None else allowed[0], greedy, top_k)
+    first = _pick(logits, key, temperature, None if allowed is None else allowed[0], mode, top_k)
     tokens = jnp.zeros((b, num_tokens), jnp.int32).at[:, 0].set(first)
     next_position = positions[:, -1:] + 1
     token_modality = Modality[vocab.upper()]
@@ -119,7 +122,7 @@ def _generate(
         logits = model.logits(hidden, vocab)[:, 0]
         key, rng = jax.random.split(rng)
         step_allowed = None if allowed is None else allowed[i + 1]
-        new = _pick(logits, key, temperature, step_allowed, greedy, top_k)
+        new = _pick(logits, key, temperature, step_allowed, mode, top_k)
         return tokens.at[:, i + 1].set(new), cache, rng
 
     tokens, _, _ = jax.lax.fori_loop(0, num_tokens - 1, step, (tokens, cache, rng))
@@ -143,7 +146,7 @@ class Sampler:
         # tokens come back replicated, so every host can read them on a multi-host mesh
         out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._jitted = jax.jit(
-            traced, static_argnames=("vocab", "num_tokens", "greedy", "top_k"), out_shardings=out
+            traced, static_argnames=("vocab", "num_tokens", "mode", "top_k"), out_shardings=out
         )
 
     def vocab_size(self, vocab: str) -> int:
@@ -165,12 +168,15 @@ class Sampler:
         top_k: int = 0,
         rng: jax.Array | None = None,
         allowed_tokens: np.ndarray | None = None,
+        median: bool = False,
     ) -> np.ndarray:
         """Returns int32 [B, num_tokens] ids of ``vocab`` for left-padded prompts.
 
         ``temperature == 0`` is greedy; otherwise tokens are sampled at that
         temperature from the ``top_k`` best (0 = all). ``allowed_tokens``
-        ([num_tokens, V] bool) constrains each step to valid ids.
+        ([num_tokens, V] bool) constrains each step to valid ids. ``median`` takes
+        each step's median id instead of its most likely one: for action ids, which
+        are ordered bins, the choice with the least expected absolute error.
         """
         if vocab not in VOCABS or vocab == "text":
             raise ValueError(f"vocab must be one of 'vision', 'latent', 'action', got {vocab!r}")
@@ -178,6 +184,11 @@ class Sampler:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if median and (vocab != "action" or temperature > 0):
+            raise ValueError(
+                "median decoding is for action ids (ordered bins) at temperature 0; "
+                f"got vocab {vocab!r}, temperature {temperature}"
+            )
         input_ids = np.asarray(input_ids, np.int32)
         modality = np.asarray(modality, np.int32)
         if attention_mask is None:
@@ -223,7 +234,7 @@ class Sampler:
                 None if allowed_tokens is None else jnp.asarray(allowed_tokens),
                 vocab=vocab,
                 num_tokens=num_tokens,
-                greedy=temperature == 0.0,
+                mode="median" if median else "greedy" if temperature == 0.0 else "sample",
                 top_k=int(top_k),
             )
         return np.asarray(tokens)

@@ -51,7 +51,8 @@ from latent_pretraining.vqgan.images import check_mode, eval_mode
 
 
 def token_losses(model: VLAModel, batch: dict[str, jax.Array], weights: dict[str, float]):
-    """Per-head mean cross entropy and accuracy over the targets of that head's vocabulary."""
+    """Per-head mean cross entropy and accuracy over the targets of that head's vocabulary; also the
+    argmax predictions and the logits of each head."""
     heads = tuple(h for h in VOCABS if weights[h] > 0)
     logits = model(batch["inputs"], batch["modality"], batch["positions"], batch["segment_ids"], heads=heads)
     total, metrics, predictions = 0.0, {}, {}
@@ -67,7 +68,7 @@ def token_losses(model: VLAModel, batch: dict[str, jax.Array], weights: dict[str
         metrics[f"tokens_{head}"] = jnp.sum(w)
         total = total + weights[head] * metrics[f"loss_{head}"]
         predictions[head] = predicted
-    return total, metrics, predictions
+    return total, metrics, predictions, logits
 
 
 def loss_for(config: ml_collections.ConfigDict):
@@ -75,7 +76,7 @@ def loss_for(config: ml_collections.ConfigDict):
     weights = {h: float(config.loss[h]) for h in VOCABS}
 
     def loss_fn(model: VLAModel, batch: dict[str, jax.Array], rng: jax.Array):
-        total, metrics, _ = token_losses(model, batch, weights)
+        total, metrics, _, _ = token_losses(model, batch, weights)
         return total, metrics, None
 
     return loss_fn
@@ -83,23 +84,24 @@ def loss_for(config: ml_collections.ConfigDict):
 
 def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: ActionBins | None):
     """Token accuracy and loss per head over every held-out row (``eval_batches`` > 0 caps the
-    batches); action MAE through the bins."""
+    batches); action MAE through the bins, of the most likely bins (``action_mae_*``) and of the
+    median bins (``action_mae_median_*``, see ``ActionBins.median_ids``)."""
     weights = {h: float(config.loss[h]) for h in VOCABS}
     if bins is not None and not weights["action"]:
         weights["action"] = 1e-9  # score the action head for the MAE even when it has no loss
 
     @jax.jit
     def evaluate(params, rest, batch):
-        _, metrics, predictions = token_losses(nnx.merge(graphdef, params, rest), batch, weights)
-        return metrics, predictions.get("action")
+        _, metrics, predictions, logits = token_losses(nnx.merge(graphdef, params, rest), batch, weights)
+        return metrics, predictions.get("action"), logits.get("action")
 
     def run(state: TrainState, step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
-        errors = []
+        errors, median_errors = [], []
         batches = eval_batches(data, batch_size, config.data.max_length)
         for local, example in itertools.islice(batches, config.eval_batches or None):
             with jax.set_mesh(mesh):
-                metrics, actions = evaluate(state["params"], state["rest"], global_batch(local, mesh))
+                metrics, actions, logits = evaluate(state["params"], state["rest"], global_batch(local, mesh))
             metrics = jax.device_get(metrics)
             for head in VOCABS:
                 if f"tokens_{head}" in metrics:
@@ -108,9 +110,10 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
                         sums[f"{k}_{head}"] = sums.get(f"{k}_{head}", 0.0) + float(metrics[f"{k}_{head}"]) * n
                     sums[f"tokens_{head}"] = sums.get(f"tokens_{head}", 0.0) + n
             if bins is not None and actions is not None:
-                errors.extend(
-                    _action_errors(np.asarray(jax.device_get(actions)), local, example, data.rows, bins)
-                )
+                ids = np.asarray(jax.device_get(actions))
+                errors.extend(_action_errors(ids, local, example, data.rows, bins))
+                logits = np.asarray(jax.device_get(logits), np.float32)
+                median_errors.extend(_action_errors(logits, local, example, data.rows, bins, median=True))
         out = {}
         for head in VOCABS:
             n = sums.get(f"tokens_{head}", 0.0)
@@ -124,13 +127,17 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
             per_dim = np.mean(np.abs(np.stack(errors)), axis=0)
             out["action_mae"] = float(per_dim.mean())
             out.update({f"action_mae_{d}": float(v) for d, v in enumerate(per_dim)})
+        if median_errors:  # valid bins by construction: every row has an action
+            per_dim = np.mean(np.abs(np.stack(median_errors)), axis=0)
+            out.update({f"action_mae_median_{d}": float(v) for d, v in enumerate(per_dim)})
         return out
 
     return run
 
 
-def _action_errors(predicted, local, example, rows, bins):
-    """Decoded (teacher-forced) predicted action minus the row's raw action, per row."""
+def _action_errors(predicted, local, example, rows, bins, median=False):
+    """Decoded (teacher-forced) predicted action minus the row's raw action, per row: ``predicted``
+    holds ids [B, L], or with ``median`` logits [B, L, V] whose median bins are decoded."""
     out = []
     is_action = (local["target_modality"] == Modality.ACTION) & (local["segment_ids"] > 0)
     for r in np.flatnonzero(example >= 0):  # -1: a padding row of the last batch
@@ -138,6 +145,8 @@ def _action_errors(predicted, local, example, rows, bins):
         raw = rows[int(example[r])].get("raw_actions")
         if raw is None or len(ids) != len(bins.centres):
             continue
+        if median:
+            ids = bins.median_ids(ids)
         try:
             out.append(bins.decode(ids[None])[0] - np.asarray(raw, np.float64))
         except ValueError:  # an id outside a dimension's bins: no action can be made of it

@@ -3,6 +3,7 @@ vision tokens, constrained actions in the data's units, LAPA's files, SIMPLER's 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -42,6 +43,7 @@ from latent_pretraining.policy.bundle import (
     read_bundle,
     write_bundle,
 )
+from latent_pretraining.policy.cli import add_policy_arguments, policy_from_arguments
 from latent_pretraining.policy.policy import Policy, Sampling, euler_to_axangle
 from latent_pretraining.prompts import ACTION_FIELDS, LATENT_FIELDS, lapa_instruction
 from latent_pretraining.sampler import Sampler
@@ -363,6 +365,10 @@ def test_a_latent_bundle_acts_through_its_decoder(written, tmp_path, sp_model, o
     actions = policy.sample_action(images, [TASK, TASK])
     np.testing.assert_allclose(actions, np.asarray(policy.decoder.predict(codes)), rtol=1e-6)
     assert actions.shape == (2, 7) and set(actions[:, 6]) <= {0.0, 1.0}
+    parser = argparse.ArgumentParser()
+    add_policy_arguments(parser)
+    with pytest.raises(ValueError, match=r"--median: .*latent predicts latent codes, not action bins"):
+        policy_from_arguments(parser.parse_args(["--policy", str(made.directory), "--median"]), one_device)
     cfg.codebook_size = 16
     save_decoder(ActionDecoder(cfg, rngs=nnx.Rngs(0)), cfg, tmp_path / "wide")
     with pytest.raises(
@@ -476,6 +482,26 @@ def test_sampling_is_reproducible_constrained_and_top_1_is_greedy(policy):
         assert (tokens < np.asarray(BINS_PER_DIM)).all()  # still only ids a bin can decode
     with pytest.raises(ValueError, match="needs an explicit rng key"):
         policy.sample_action(images, tasks, Sampling(temperature=1.0))
+
+
+def test_median_flag_makes_every_call_take_each_dimensions_median_bin(written, policy, one_device):
+    parser = argparse.ArgumentParser()
+    add_policy_arguments(parser)
+    median = policy_from_arguments(
+        parser.parse_args(["--policy", str(written[0].directory), "--median"]), one_device
+    )
+    images, tasks = _images(np.random.default_rng(9)), [TASK, "pick up the red cube"]
+    tokens = median.act(images, tasks).action_tokens
+    prompts = policy.prompts(policy.vision_tokens(images), tasks, "action")
+    allowed = policy.bundle.bins.valid_ids(policy.bundle.model.action_vocab_size)
+    expected = policy.sampler.generate_batch(
+        prompts, vocab="action", num_tokens=7, allowed_tokens=allowed, median=True
+    )
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_array_equal(policy.act(images, tasks, Sampling(median=True)).action_tokens, expected)
+    assert not np.array_equal(policy.act(images, tasks).action_tokens, expected)  # default: argmax
+    median.reset(TASK)  # SIMPLER-style steps take the median too
+    np.testing.assert_array_equal(median.step(images[0])["action"], policy.bundle.bins.decode(expected)[0])
 
 
 def test_one_string_of_instructions_is_refused_not_split_into_letters(policy):

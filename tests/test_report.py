@@ -42,14 +42,17 @@ def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, cap
             "eval/action_mae": 1.0,
             "eval/action_mae_0": 1.5,
             "eval/action_mae_1": 0.0,
+            "eval/action_mae_median_0": 1.25,
+            "eval/action_mae_median_1": 0.0,
             "eval/accuracy_action": 0.25,
         },
     )
-    # dx: training mean 1, held-out 3 -> MAE 2; dy never moves, so it is left out.
-    # tokens: majority [5, 7]; held out [5, 8] -> 1 of 2
+    # dx: training mean 1, held-out 3 -> MAE 2; training median 0 -> MAE 3; dy never moves, so it is
+    # left out. tokens: majority [5, 7]; held out [5, 8] -> 1 of 2
     train_rows = [
         {"raw_actions": [0.0, 1.0], "action": [5, 7]},
-        {"raw_actions": [2.0, 1.0], "action": [5, 7]},
+        {"raw_actions": [0.0, 1.0], "action": [5, 7]},
+        {"raw_actions": [3.0, 1.0], "action": [5, 7]},
     ]
     finetune_train = _jsonl(tmp_path / "ft.jsonl", train_rows)
     finetune_eval = _jsonl(tmp_path / "fe.jsonl", [{"raw_actions": [3.0, 1.0], "action": [5, 8]}])
@@ -68,7 +71,9 @@ def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, cap
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["latent"]["accuracy"] == 0.6 and results["latent"]["majority_baseline"] == 0.5
-    assert results["action"]["mae_per_moving_dimension"] == {"dx": {"mae": 1.5, "mean_baseline": 2.0}}
+    assert results["action"]["mae_per_moving_dimension"] == {
+        "dx": {"mae": 1.5, "mae_median_bins": 1.25, "mean_baseline": 2.0, "median_baseline": 3.0}
+    }
     assert results["action"]["token_majority_baseline"] == 0.5
     printed = capsys.readouterr().out
     assert (
@@ -77,6 +82,10 @@ def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, cap
     )
     assert "action MAE of dx 1.5000 (teacher-forced) is below the training mean's 2.0000" in printed
     assert (
+        "action MAE of dx with median bins 1.2500 is below the training mean's 2.0000 and below the "
+        "training median's 3.0000" in printed
+    )
+    assert (
         "action-token accuracy 0.250 (teacher-forced) is NOT above the per-dimension majority token's 0.500"
         in printed
     )
@@ -84,7 +93,10 @@ def test_results_set_each_number_beside_its_hand_computed_baseline(tmp_path, cap
     # 0.30 beats 0.25, but its interval reaches below it
     assert "is NOT clearly above (within its interval) the noop policy's 0.25" in printed
     markdown = (out / "report.md").read_text()
-    assert "| expert | 1.00 | [0.90, 1.10] | 10 |" in markdown and "| dx | 1.5000 | 2.0000 |" in markdown
+    assert (
+        "| expert | 1.00 | [0.90, 1.10] | 10 |" in markdown
+        and "| dx | 1.5000 | 2.0000 | 1.2500 | 3.0000 |" in markdown
+    )
 
 
 def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
@@ -132,7 +144,9 @@ def test_an_action_head_with_no_valid_prediction_has_no_mae_and_does_not_beat_th
     argv = ["--finetune_run", str(run), "--finetune_train", str(rows), "--finetune_eval", str(rows)]
     report.main(["--out", str(out), *argv])
     results = json.loads((out / "results.json").read_text())["action"]
-    assert results["mae_per_moving_dimension"] == {"dx": {"mae": None, "mean_baseline": 1.0}}
+    assert results["mae_per_moving_dimension"] == {
+        "dx": {"mae": None, "mae_median_bins": None, "mean_baseline": 1.0, "median_baseline": 1.0}
+    }
     assert results["invalid_rate"] == 1.0
     assert (
         "action MAE of dx none is NOT comparable with the training mean's 1.0000: 100% of held-out"

@@ -20,9 +20,13 @@ def _prompt(seed: int, text: int = 6):
     return ids[0, :end], modality[0, :end]
 
 
-def _greedy_full_forward(model, ids, modality, vocab, n):
-    """Reference: no cache, one full forward pass per new token. The buffer is
-    right-padded to a fixed length (causal attention: later slots cannot matter)."""
+def _argmax(logits, step):
+    return int(np.argmax(logits))
+
+
+def _greedy_full_forward(model, ids, modality, vocab, n, choose=_argmax):
+    """Reference: no cache, one full forward pass per new token, chosen by ``choose(logits, step)``.
+    The buffer is right-padded to a fixed length (causal attention: later slots cannot matter)."""
     length = len(ids)
     buf_ids = np.zeros((1, length + n), np.int32)
     buf_mod = np.zeros((1, length + n), np.int32)
@@ -31,7 +35,7 @@ def _greedy_full_forward(model, ids, modality, vocab, n):
     out = []
     for step in range(n):
         logits = forward(model, jnp.asarray(buf_ids), jnp.asarray(buf_mod))
-        token = int(jnp.argmax(logits[0, length + step - 1]))
+        token = choose(np.asarray(logits[0, length + step - 1], np.float64), step)
         out.append(token)
         buf_ids[0, length + step] = token
         buf_mod[0, length + step] = int(Modality[vocab.upper()])
@@ -49,6 +53,27 @@ def test_kv_cache_generation_equals_full_forward_greedy(vocab, n, scan_layers):
         tokens = sampler.generate(ids[None], modality[None], vocab=vocab, num_tokens=n)
         assert tokens.shape == (1, n)
         assert tokens[0].tolist() == expected
+
+
+def test_median_decoding_takes_the_bin_where_the_probability_passes_one_half():
+    model = debug_model(seed=5)
+    ids, modality = _prompt(1)
+    allowed = np.zeros((7, 256), bool)
+    for step in range(7):
+        allowed[step, 10 * step : 10 * step + 40] = True
+
+    def median(logits, step):  # numpy: softmax over the allowed ids, first cumulative value >= 0.5
+        valid = np.flatnonzero(allowed[step])
+        p = np.exp(logits[valid] - logits[valid].max())
+        return int(valid[np.argmax(np.cumsum(p / p.sum()) >= 0.5)])
+
+    sampler = Sampler(model)
+    tokens = sampler.generate(
+        ids[None], modality[None], vocab="action", num_tokens=7, allowed_tokens=allowed, median=True
+    )[0]
+    assert tokens.tolist() == _greedy_full_forward(model, ids, modality, "action", 7, median)
+    greedy = sampler.generate(ids[None], modality[None], vocab="action", num_tokens=7, allowed_tokens=allowed)
+    assert tokens.tolist() != greedy[0].tolist()  # the two rules differ on this model
 
 
 def test_batched_left_padded_generation_equals_one_by_one():
@@ -181,6 +206,8 @@ def test_sharded_sampler_matches_single_device(eight_devices):
             r"allowed_tokens must be \[4, 8\]",
         ),
         ({"vocab": "latent", "num_tokens": 2, "allowed_tokens": np.zeros((2, 8), bool)}, "allows no token"),
+        ({"vocab": "latent", "num_tokens": 4, "median": True}, "median decoding is for action ids"),
+        ({"vocab": "action", "num_tokens": 7, "median": True, "temperature": 1.0}, "at temperature 0"),
     ],
 )
 def test_generate_argument_errors(kwargs, message):

@@ -136,6 +136,7 @@ def test_finetuning_from_lapa_checkpoint_adds_and_trains_the_action_head(tmp_pat
     assert losses[150] < 0.5 * losses[10]
     assert last["eval_accuracy_action"] > 0.9  # chance is 1/32
     assert last["eval_action_mae"] < 0.01  # bin centres: a right bin is exact, a wrong one costs >= 1/32
+    assert max(last[f"eval_action_mae_median_{d}"] for d in range(7)) < 0.02  # confident: median = argmax
 
 
 def test_action_ids_the_bins_cannot_decode_and_a_short_bins_csv_are_errors(tmp_path, sp_model):

@@ -83,7 +83,7 @@ def lapa_work_loss():
     every_head = dict.fromkeys(VOCABS, 1.0)
 
     def loss_fn(model, batch, rng):
-        _, metrics, _ = token_losses(model, batch, every_head)
+        _, metrics, _, _ = token_losses(model, batch, every_head)
         return metrics["loss_action"], metrics, None
 
     return loss_fn

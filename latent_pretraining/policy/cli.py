@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from latent_pretraining.config import from_lapa_config, get_model_config
 from latent_pretraining.policy.bundle import BundleError
-from latent_pretraining.policy.policy import Policy
+from latent_pretraining.policy.policy import Policy, Sampling
 
 # LAPA's ``update_llama_config`` keys and ours; its scan_* and sample_mode settings change no result.
 LAPA_UPDATE_KEYS = {
@@ -39,6 +39,11 @@ LAPA_IGNORED_KEYS = {
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     """``--policy`` and, as the alternative, LAPA's flags."""
     parser.add_argument("--policy", type=Path, default=None, help="a policy bundle directory")
+    parser.add_argument(
+        "--median",
+        action="store_true",
+        help="each action dimension's median bin (least expected absolute error), not its most likely",
+    )
     lapa = parser.add_argument_group("LAPA's flags (instead of --policy)")
     lapa.add_argument("--load_checkpoint", default=None, help="params::<path> of LAPA's parameters")
     lapa.add_argument("--vqgan_checkpoint", type=Path, default=None, help="LWM's VQGAN pickle")
@@ -51,6 +56,15 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def policy_from_arguments(args: argparse.Namespace, mesh: Mesh | None = None) -> Policy:
     """The policy the parsed flags name; a ValueError says which flag is missing or wrong."""
+    policy = _load_policy(args, mesh)
+    if args.median:
+        if policy.bundle.bins is None:
+            raise ValueError(f"--median: {policy.bundle.directory} predicts latent codes, not action bins")
+        policy.sampling = Sampling(median=True)
+    return policy
+
+
+def _load_policy(args: argparse.Namespace, mesh: Mesh | None) -> Policy:
     if args.policy is not None:
         if args.load_checkpoint:
             raise ValueError("give --policy or LAPA's --load_checkpoint flags, not both")

@@ -2,9 +2,10 @@
 
 Images (uint8, any size, RGB, RGBA or greyscale) go through the bundle's deploy preprocessing and
 its VQGAN; the prompt is the training example of the same row up to its first latent or action
-token, built by the same ``SequenceBuilder``. Decoding is greedy unless a temperature is given;
-actions come from the action head, each dimension constrained to its valid bins, or, for a
-latent-only bundle, from the latent codes through its decoder. ``reset``/``step`` give SIMPLER's
+token, built by the same ``SequenceBuilder``. Decoding is greedy unless a temperature is given (or
+``Sampling(median=True)``: each action dimension's median bin); actions come from the action head,
+each dimension constrained to its valid bins, or, for a latent-only bundle, from the latent codes
+through its decoder. ``reset``/``step`` give SIMPLER's
 per-step fields.
 """
 
@@ -83,11 +84,13 @@ def euler_to_axangle(roll: float, pitch: float, yaw: float) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """How tokens are chosen: greedily (temperature 0), or drawn with ``rng`` at ``temperature`` from
-    the ``top_k`` most likely (0: all)."""
+    the ``top_k`` most likely (0: all). ``median`` (action bundles, temperature 0) takes each action
+    dimension's median bin rather than its most likely one: the least expected absolute error."""
 
     temperature: float = 0.0
     top_k: int = 0
     rng: jax.Array | None = None
+    median: bool = False
 
 
 GREEDY = Sampling()
@@ -141,6 +144,7 @@ class Policy:
             self.encoders.setdefault(encoder.batch_size, encoder)
         self.decoder = decoder
         self.instruction: str | None = None
+        self.sampling = GREEDY  # what a call without its own ``sampling`` uses
 
     @classmethod
     def from_pretrained(
@@ -222,7 +226,9 @@ class Policy:
         """Whether the policy gives actions (an action head, or latent codes and a decoder)."""
         return self.bundle.bins is not None or self.decoder is not None
 
-    def act(self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY) -> Act:
+    def act(
+        self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling | None = None
+    ) -> Act:
         """Actions (when the policy gives them), the tokens behind them and where the time went."""
         check_batch(images, instructions)
         clock = time.perf_counter()
@@ -248,13 +254,13 @@ class Policy:
         return Act(actions, latent, None, timing)
 
     def sample_latent(
-        self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY
+        self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling | None = None
     ) -> np.ndarray:
         """int [B, tokens_per_latent] latent codes."""
         return self._generate(self.vision_tokens(images), instructions, "latent", sampling)
 
     def sample_action(
-        self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling = GREEDY
+        self, images: Sequence[Any], instructions: Sequence[str], sampling: Sampling | None = None
     ) -> np.ndarray:
         """float [B, 7] actions in the data's units: bin centres of the action head's tokens, each
         dimension constrained to its valid bins, or a latent-only bundle's codes through its decoder."""
@@ -270,9 +276,10 @@ class Policy:
         vision: np.ndarray,
         instructions: Sequence[str],
         vocab: str,
-        sampling: Sampling,
+        sampling: Sampling | None,
         allowed: np.ndarray | None = None,
     ) -> np.ndarray:
+        sampling = sampling or self.sampling
         return self.sampler.generate_batch(
             self.prompts(vision, instructions, vocab),
             vocab=vocab,
@@ -281,6 +288,7 @@ class Policy:
             top_k=sampling.top_k,
             rng=sampling.rng,
             allowed_tokens=allowed,
+            median=sampling.median,
         )
 
     # -- SIMPLER-style episodes -------------------------------------------------------
