@@ -314,7 +314,7 @@ def arms_part(arms: Sequence[tuple[str, Path, Path]], moving: Sequence[str] | No
     part: dict[str, Any] = {"arms": {}}
     for name, seeds in by_arm.items():
         evals = [last_eval(run, "accuracy_action") for run, _ in seeds]
-        dims = sorted(int(k.rsplit("_", 1)[1]) for k in evals[0] if k.startswith("action_mae_"))
+        dims = sorted(int(d) for k in evals[0] if (d := k.removeprefix("action_mae_")) != k and d.isdigit())
         names = [ACTION_NAMES[i] if i < len(ACTION_NAMES) else str(i) for i in dims]
         part["arms"][name] = {
             "seeds": len(seeds),

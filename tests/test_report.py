@@ -199,7 +199,12 @@ def test_arms_pool_their_seeds_and_compare_with_the_papers_targets(tmp_path, cap
                 tmp_path / f"{arm}{s}" / "results.json", {"reach": (reach, 5), "push": (push, 5)}
             )
             runs[arm, s] = _run_dir(
-                tmp_path / f"{arm}{s}run", {"eval/accuracy_action": 0.5, "eval/action_mae_0": 0.1 * (s + 1)}
+                tmp_path / f"{arm}{s}run",
+                {
+                    "eval/accuracy_action": 0.5,
+                    "eval/action_mae_0": 0.1 * (s + 1),
+                    "eval/action_mae_median_1": 0.3,
+                },
             )
     flags = [f for (arm, s), e in evals.items() for f in ("--arm", f"{arm},{runs[arm, s]},{e}")]
     report.main(["--out", str(tmp_path / "out"), *flags])
@@ -221,11 +226,16 @@ def test_arms_pool_their_seeds_and_compare_with_the_papers_targets(tmp_path, cap
 def test_arms_that_never_succeed_are_not_compared(tmp_path, capsys):
     flags = []
     for arm in ("scratch", "latent"):
-        run = _run_dir(tmp_path / f"{arm}run", {"eval/accuracy_action": 0.5})
+        # no valid argmax prediction (no action_mae_*), median bins are always valid (a micro run)
+        run = _run_dir(tmp_path / f"{arm}run", {"eval/accuracy_action": 0.5, "eval/action_mae_median_0": 0.2})
         flags += ["--arm", f"{arm},{run},{_evaluation(tmp_path / arm / 'r.json', {'reach': (0, 4)})}"]
     report.main(["--out", str(tmp_path / "out"), *flags])
     printed = capsys.readouterr().out
     assert "no arm succeeded in closed loop" in printed and "points over scratch" not in printed
+    assert (
+        json.loads((tmp_path / "out" / "results.json").read_text())["arms"]["arms"]["latent"]["action_mae"]
+        == {}
+    )
 
 
 def test_the_labelled_data_curve_pools_seeds_per_count(tmp_path):
