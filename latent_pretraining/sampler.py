@@ -59,6 +59,15 @@ def left_pad(
     return ids, modality, mask
 
 
+def median_ids(logits: jax.Array, allowed: jax.Array | None = None) -> jax.Array:
+    """int32 ids [...] from logits [..., V]: the first (allowed) id whose cumulative probability
+    reaches one half. For ordered bins (action ids) it is the id of least expected absolute error."""
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, -jnp.inf)
+    cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+    return jnp.argmax(cdf >= 0.5, axis=-1).astype(jnp.int32)
+
+
 def _pick(
     logits: jax.Array,
     key: jax.Array,
@@ -72,9 +81,8 @@ def _pick(
         logits = jnp.where(allowed[None, :], logits, -jnp.inf)
     if mode == "greedy":
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    if mode == "median":  # the first id whose cumulative probability reaches one half
-        cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
-        return jnp.argmax(cdf >= 0.5, axis=-1).astype(jnp.int32)
+    if mode == "median":
+        return median_ids(logits)
     logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]

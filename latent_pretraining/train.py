@@ -37,6 +37,7 @@ from latent_pretraining.core.step import make_train_step
 from latent_pretraining.lapa_checkpoint import load_lapa_params, save_lapa_params
 from latent_pretraining.model import VOCABS, Modality, VLAModel
 from latent_pretraining.policy.bundle import bundle_from_run, check_export
+from latent_pretraining.sampler import median_ids
 from latent_pretraining.sequences import END_OF_FRAME, SequenceBuilder, SequenceConfig, TextTokenizer
 from latent_pretraining.vla_data import (
     ImageTokens,
@@ -85,15 +86,23 @@ def loss_for(config: ml_collections.ConfigDict):
 def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: ActionBins | None):
     """Token accuracy and loss per head over every held-out row (``eval_batches`` > 0 caps the
     batches); action MAE through the bins, of the most likely bins (``action_mae_*``) and of the
-    median bins (``action_mae_median_*``, see ``ActionBins.median_ids``)."""
+    median bins (``action_mae_median_*``, see ``sampler.median_ids``)."""
     weights = {h: float(config.loss[h]) for h in VOCABS}
-    if bins is not None and not weights["action"]:
-        weights["action"] = 1e-9  # score the action head for the MAE even when it has no loss
+    valid = None
+    if bins is not None:
+        valid = jnp.asarray(bins.valid_ids(config.model.action_vocab_size))  # [D, V]
+        if not weights["action"]:
+            weights["action"] = 1e-9  # score the action head for the MAE even when it has no loss
 
     @jax.jit
     def evaluate(params, rest, batch):
         _, metrics, predictions, logits = token_losses(nnx.merge(graphdef, params, rest), batch, weights)
-        return metrics, predictions.get("action"), logits.get("action")
+        if valid is None or "action" not in logits:
+            return metrics, None, None
+        # the k-th action target of a row is dimension k: its median over that dimension's bins
+        is_action = (batch["target_modality"] == Modality.ACTION) & (batch["segment_ids"] > 0)
+        dim = jnp.clip(jnp.cumsum(is_action, axis=1) - 1, 0, valid.shape[0] - 1)
+        return metrics, predictions["action"], median_ids(logits["action"], valid[dim])
 
     def run(state: TrainState, step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -101,7 +110,9 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
         batches = eval_batches(data, batch_size, config.data.max_length)
         for local, example in itertools.islice(batches, config.eval_batches or None):
             with jax.set_mesh(mesh):
-                metrics, actions, logits = evaluate(state["params"], state["rest"], global_batch(local, mesh))
+                metrics, actions, medians = evaluate(
+                    state["params"], state["rest"], global_batch(local, mesh)
+                )
             metrics = jax.device_get(metrics)
             for head in VOCABS:
                 if f"tokens_{head}" in metrics:
@@ -109,11 +120,10 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
                     for k in ("loss", "accuracy"):
                         sums[f"{k}_{head}"] = sums.get(f"{k}_{head}", 0.0) + float(metrics[f"{k}_{head}"]) * n
                     sums[f"tokens_{head}"] = sums.get(f"tokens_{head}", 0.0) + n
-            if bins is not None and actions is not None:
-                ids = np.asarray(jax.device_get(actions))
-                errors.extend(_action_errors(ids, local, example, data.rows, bins))
-                logits = np.asarray(jax.device_get(logits), np.float32)
-                median_errors.extend(_action_errors(logits, local, example, data.rows, bins, median=True))
+            if actions is not None:
+                actions, medians = (np.asarray(a) for a in jax.device_get((actions, medians)))
+                errors.extend(_action_errors(actions, local, example, data.rows, bins))
+                median_errors.extend(_action_errors(medians, local, example, data.rows, bins))
         out = {}
         for head in VOCABS:
             n = sums.get(f"tokens_{head}", 0.0)
@@ -135,9 +145,8 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
     return run
 
 
-def _action_errors(predicted, local, example, rows, bins, median=False):
-    """Decoded (teacher-forced) predicted action minus the row's raw action, per row: ``predicted``
-    holds ids [B, L], or with ``median`` logits [B, L, V] whose median bins are decoded."""
+def _action_errors(predicted, local, example, rows, bins):
+    """Decoded (teacher-forced) predicted action minus the row's raw action, per row."""
     out = []
     is_action = (local["target_modality"] == Modality.ACTION) & (local["segment_ids"] > 0)
     for r in np.flatnonzero(example >= 0):  # -1: a padding row of the last batch
@@ -145,8 +154,6 @@ def _action_errors(predicted, local, example, rows, bins, median=False):
         raw = rows[int(example[r])].get("raw_actions")
         if raw is None or len(ids) != len(bins.centres):
             continue
-        if median:
-            ids = bins.median_ids(ids)
         try:
             out.append(bins.decode(ids[None])[0] - np.asarray(raw, np.float64))
         except ValueError:  # an id outside a dimension's bins: no action can be made of it

@@ -71,21 +71,6 @@ def test_edges_are_left_closed_and_the_last_bin_closed():
     assert allowed.sum(axis=1).tolist() == [3, 2]
 
 
-def test_median_ids_take_the_bin_where_the_probability_passes_one_half():
-    bins = ActionBins([np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.array([-0.5, 0.5, 1.5])])
-    p = np.array(
-        [
-            [[0.45, 0.02, 0.08, 0.45, 0.0, 0.0], [0.3, 0.7, 0.0, 0.0, 0.0, 0.0]],
-            [[0.1, 0.1, 0.1, 0.7, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0, 0.0, 0.0]],
-        ]
-    )
-    logits = np.log(np.maximum(p, 1e-300)) + 3.0  # softmax is shift-invariant
-    logits[..., 4:] = 50.0  # ids past a dimension's bins are not candidates
-    np.testing.assert_array_equal(bins.median_ids(logits), [[2, 1], [3, 0]])
-    with pytest.raises(ValueError, match=r"expected logits \[\.\.\., 2, >= 4\]"):
-        bins.median_ids(logits[..., :3])
-
-
 def test_uniform_bins_clip_the_tails_and_count_them():
     x = np.concatenate([np.linspace(-1, 1, 1000), [50.0]])[:, None]
     bins = ActionBins.fit(np.hstack([x, np.zeros_like(x)]), 16, scheme="uniform")

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from helpers import debug_config, debug_model, mixed_batch
 
+from latent_pretraining.actions.bins import ActionBins
 from latent_pretraining.core.sharding import create_sharded, make_mesh
 from latent_pretraining.model import Modality, VLAModel
-from latent_pretraining.sampler import Sampler, bucket_length, left_pad
+from latent_pretraining.sampler import Sampler, bucket_length, left_pad, median_ids
 
 
 def _prompt(seed: int, text: int = 6):
@@ -53,6 +54,19 @@ def test_kv_cache_generation_equals_full_forward_greedy(vocab, n, scan_layers):
         tokens = sampler.generate(ids[None], modality[None], vocab=vocab, num_tokens=n)
         assert tokens.shape == (1, n)
         assert tokens[0].tolist() == expected
+
+
+def test_median_ids_take_the_allowed_id_where_the_probability_passes_one_half():
+    allowed = ActionBins([np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.array([-0.5, 0.5, 1.5])]).valid_ids(6)
+    p = np.array(
+        [
+            [[0.45, 0.02, 0.08, 0.45, 0.0, 0.0], [0.3, 0.7, 0.0, 0.0, 0.0, 0.0]],
+            [[0.1, 0.1, 0.1, 0.7, 0.0, 0.0], [0.8, 0.2, 0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
+    logits = np.log(np.maximum(p, 1e-30)) + 3.0  # softmax is shift-invariant
+    logits[..., 4:] = 50.0  # ids past a dimension's bins are not candidates
+    np.testing.assert_array_equal(median_ids(jnp.asarray(logits), jnp.asarray(allowed)), [[2, 1], [3, 0]])
 
 
 def test_median_decoding_takes_the_bin_where_the_probability_passes_one_half():

@@ -120,23 +120,6 @@ class ActionBins:
             out[..., d] = centres[column]
         return out
 
-    def median_ids(self, logits: np.ndarray) -> np.ndarray:
-        """Logits [..., D, V] -> ids [..., D]: per dimension, the first of its bins where the
-        cumulative probability (softmax over its bins only) reaches one half. Bins are ordered, so
-        this is the id whose centre has the least expected absolute error."""
-        logits = np.asarray(logits, np.float64)
-        if logits.shape[-2] != len(self.centres) or logits.shape[-1] < max(self.num_bins):
-            raise ValueError(
-                f"expected logits [..., {len(self.centres)}, >= {max(self.num_bins)}], got {logits.shape}"
-            )
-        ids = np.empty(logits.shape[:-1], np.int64)
-        for d, n in enumerate(self.num_bins):
-            x = logits[..., d, :n]
-            p = np.exp(x - x.max(axis=-1, keepdims=True))
-            cdf = np.cumsum(p, axis=-1) / p.sum(axis=-1, keepdims=True)
-            ids[..., d] = np.argmax(cdf >= 0.5, axis=-1)
-        return ids
-
     def valid_ids(self, vocab_size: int) -> np.ndarray:
         """bool [D, vocab_size]: the ids each dimension can decode (for constrained decoding)."""
         allowed = np.zeros((len(self.centres), vocab_size), bool)

@@ -279,7 +279,7 @@ class Policy:
         sampling: Sampling | None,
         allowed: np.ndarray | None = None,
     ) -> np.ndarray:
-        sampling = sampling or self.sampling
+        sampling = self.sampling if sampling is None else sampling
         return self.sampler.generate_batch(
             self.prompts(vision, instructions, vocab),
             vocab=vocab,
