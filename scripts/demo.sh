@@ -4,7 +4,7 @@
 #  1 data        tabletop episodes: unlabelled videos, and a few labelled ones (videos, RLDS, LAPA's
 #                finetune JSON)
 #  2 tokenizer   a small VQGAN trained on the unlabelled frames; every frame row gets its vision codes
-#  3 lam         the latent action model, trained on the unlabelled videos
+#  3 lam         the latent action model, trained on the unlabelled videos; its codebook refit by k-means
 #  4 labels      every unlabelled frame labelled with latent codes (LAPA's latent-pretraining JSONL), and
 #                for the upper-bound arm with codes of its true actions; split by episode
 #  5 pretrain    the debug VLA latent-pretrained on those labels
@@ -26,7 +26,7 @@ PRESET=${1:-quick}
 case $PRESET in
   micro) UNLABELLED=6 PLAY_NOISE=0.1 EPISODES=6 HELD_OUT=2 IMAGE_STEPS=10 LAM_STEPS=10 PRETRAIN_STEPS=10 FINETUNE_STEPS=10
          BATCH=4 BINS=8 EVAL_EPISODES=1 SEEDS=1 CURVE="" ;;
-  quick) UNLABELLED=100 PLAY_NOISE=1.0 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=250 PRETRAIN_STEPS=600 FINETUNE_STEPS=500
+  quick) UNLABELLED=100 PLAY_NOISE=1.0 EPISODES=30 HELD_OUT=3 IMAGE_STEPS=1000 LAM_STEPS=250 PRETRAIN_STEPS=600 FINETUNE_STEPS=150
          BATCH=16 BINS=32 EVAL_EPISODES=3 SEEDS=1 CURVE="" ;;
   full) UNLABELLED=1000 PLAY_NOISE=1.0 EPISODES=60 HELD_OUT=10 IMAGE_STEPS=3000 LAM_STEPS=6000 PRETRAIN_STEPS=3000 FINETUNE_STEPS=3000
          BATCH=16 BINS=32 EVAL_EPISODES=10 SEEDS=3 CURVE="5 10 25" ;;
@@ -90,10 +90,13 @@ lam() {
   $PY -m lam.train --config=lam/configs/lam.py:small --config.data.source=folder \
       --config.data.path="$OUT/unlabelled/videos" --config.total_steps="$LAM_STEPS" --config.eval_every=0 \
       --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=2e-3 --config.run_dir="$OUT/lam"
+  # NSVQ's codebook can sit far from the action vectors: k-means on them, scored beside the trained one
+  rm -rf "$OUT/lam/refit" "$OUT/lam/export_refit"
+  $PY -m lam.refit --run "$OUT/lam" --restarts 4
 }
 labels() {
   rm -f "$OUT/latent.jsonl"
-  $PY -m lam.label --lam "$OUT/lam" --source folder --path "$OUT/unlabelled/videos" --out "$OUT/latent.jsonl" \
+  $PY -m lam.label --lam "$OUT/lam/export_refit" --source folder --path "$OUT/unlabelled/videos" --out "$OUT/latent.jsonl" \
       --vqgan_checkpoint "$OUT/vqgan/vqgan"
   $PY -m data.action_codes --latent "$OUT/latent.jsonl" --frames "$OUT/unlabelled/videos/frames.jsonl" \
       --out "$OUT/actions.jsonl"
@@ -206,18 +209,18 @@ results() {
       done
     done
   done
-  $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/quality.json" \
+  $PY -m latent_pretraining.report --out "$OUT/results" --lam_quality "$OUT/lam/refit/refit/quality.json" \
       --latent_run "$OUT/vla_latent" --latent_train "$OUT/latent_train.jsonl" --latent_eval "$OUT/latent_eval.jsonl" \
       --finetune_run "$OUT/vla_finetune" --finetune_train "$OUT/finetune_train.jsonl" \
       --finetune_eval "$OUT/finetune_eval.jsonl" --closed_loop "$OUT/eval_policy/results.json" \
       --curves tokenizer="$OUT/vqgan" --curves lam="$OUT/lam" --curves pretrain="$OUT/vla_latent" \
       --curves finetune="$OUT/vla_finetune" --curves pretrain_actions="$OUT/vla_actions" \
-      --lam_reconstructions "$OUT/lam/reconstructions.npz" "${arms[@]}"
+      --lam_reconstructions "$OUT/lam/refit/refit/reconstructions.npz" "${arms[@]}"
 }
 
 stage data "$OUT/unlabelled/videos/frames.jsonl" "$OUT/tabletop/videos/frames.jsonl" "$OUT/tabletop/finetune.json" -- data
 stage tokenizer "$OUT/vqgan/vqgan" "$OUT/frames.vision.jsonl" -- tokenizer
-stage lam "$OUT/lam/export" "$OUT/lam/quality.json" "$OUT/lam/reconstructions.npz" -- lam
+stage lam "$OUT/lam/export_refit" "$OUT/lam/refit/refit/quality.json" "$OUT/lam/refit/refit/reconstructions.npz" -- lam
 stage labels "$OUT/latent_train.jsonl" "$OUT/latent_eval.jsonl" "$OUT/actions_train.jsonl" "$OUT/actions_eval.jsonl" \
   "$OUT/tokenizer.model" -- labels
 stage pretrain "$OUT/vla_latent/summary.json" -- pretrain
