@@ -83,6 +83,14 @@ def loss_for(config: ml_collections.ConfigDict):
     return loss_fn
 
 
+def action_median_ids(logits: jax.Array, batch: dict[str, jax.Array], valid: jax.Array) -> jax.Array:
+    """[B, T] median ids of one row per batch element: the k-th action target of a row is
+    dimension k, its median taken over that dimension's bins (``valid`` [D, V])."""
+    is_action = (batch["target_modality"] == Modality.ACTION) & (batch["segment_ids"] > 0)
+    dim = jnp.clip(jnp.cumsum(is_action, axis=1) - 1, 0, valid.shape[0] - 1)
+    return median_ids(logits, valid[dim])
+
+
 def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: ActionBins | None):
     """Token accuracy and loss per head over every held-out row (``eval_batches`` > 0 caps the
     batches); action MAE through the bins, of the most likely bins (``action_mae_*``) and of the
@@ -99,10 +107,7 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
         _, metrics, predictions, logits = token_losses(nnx.merge(graphdef, params, rest), batch, weights)
         if valid is None or "action" not in logits:
             return metrics, None, None
-        # the k-th action target of a row is dimension k: its median over that dimension's bins
-        is_action = (batch["target_modality"] == Modality.ACTION) & (batch["segment_ids"] > 0)
-        dim = jnp.clip(jnp.cumsum(is_action, axis=1) - 1, 0, valid.shape[0] - 1)
-        return metrics, predictions["action"], median_ids(logits["action"], valid[dim])
+        return metrics, predictions["action"], action_median_ids(logits["action"], batch, valid)
 
     def run(state: TrainState, step: int) -> dict[str, float]:
         sums: dict[str, float] = {}

@@ -6,6 +6,7 @@ import json
 import logging
 
 import jax
+import jax.numpy as jnp
 import msgpack
 import numpy as np
 import optax
@@ -27,7 +28,7 @@ from latent_pretraining.core.optim import build_optimizer
 from latent_pretraining.core.sharding import make_mesh
 from latent_pretraining.core.state import create_train_state
 from latent_pretraining.lapa_checkpoint import encode_array, iter_records
-from latent_pretraining.model import VLAModel
+from latent_pretraining.model import Modality, VLAModel
 from latent_pretraining.sequences import TextTokenizer
 
 LAPA_FIXTURE = LAPA_VLA_FIXTURE
@@ -316,3 +317,22 @@ def test_a_vision_grid_reaches_the_model_and_must_match_the_frames(tmp_path, sp_
     with pytest.raises(ValueError, match=r"export_params writes LAPA's params:: format"):
         vla_train.train(config)
     assert not (tmp_path / "run_3").exists()
+
+
+def test_eval_takes_each_action_targets_median_over_its_own_dimensions_bins():
+    num_bins = [4, 8, 2, 6, 4, 4, 3]  # per dimension; the vocabulary has 8 ids
+    valid = np.zeros((7, 8), bool)
+    for d, n in enumerate(num_bins):
+        valid[d, :n] = True
+    starts = [3, 5]  # row 0: 3 text targets first; row 1: 5; then the 7 action targets
+    modality = np.full((2, 14), int(Modality.TEXT), np.int32)
+    segments = np.ones((2, 14), np.int32)
+    for r, s in enumerate(starts):
+        modality[r, s : s + 7] = int(Modality.ACTION)
+    segments[0, 10:] = 0  # row 0's padding
+    batch = {"target_modality": jnp.asarray(modality), "segment_ids": jnp.asarray(segments)}
+    ids = np.asarray(vla_train.action_median_ids(jnp.zeros((2, 14, 8)), batch, jnp.asarray(valid)))
+    # uniform over n bins: the first id whose CDF (i + 1) / n reaches 1/2
+    expected = [(n + 1) // 2 - 1 for n in num_bins]
+    for r, s in enumerate(starts):
+        assert ids[r, s : s + 7].tolist() == expected == [1, 3, 0, 2, 1, 1, 1]
