@@ -115,10 +115,8 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
         batches = eval_batches(data, batch_size, config.data.max_length)
         for local, example in itertools.islice(batches, config.eval_batches or None):
             with jax.set_mesh(mesh):
-                metrics, actions, medians = evaluate(
-                    state["params"], state["rest"], global_batch(local, mesh)
-                )
-            metrics = jax.device_get(metrics)
+                fetched = evaluate(state["params"], state["rest"], global_batch(local, mesh))
+            metrics, actions, medians = jax.device_get(fetched)  # one host transfer a batch
             for head in VOCABS:
                 if f"tokens_{head}" in metrics:
                     n = float(metrics[f"tokens_{head}"])
@@ -126,7 +124,7 @@ def make_eval(graphdef, data: LoadedData, batch_size: int, mesh, config, bins: A
                         sums[f"{k}_{head}"] = sums.get(f"{k}_{head}", 0.0) + float(metrics[f"{k}_{head}"]) * n
                     sums[f"tokens_{head}"] = sums.get(f"tokens_{head}", 0.0) + n
             if actions is not None:
-                actions, medians = (np.asarray(a) for a in jax.device_get((actions, medians)))
+                actions, medians = np.asarray(actions), np.asarray(medians)
                 errors.extend(_action_errors(actions, local, example, data.rows, bins))
                 median_errors.extend(_action_errors(medians, local, example, data.rows, bins))
         out = {}
