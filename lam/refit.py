@@ -12,7 +12,9 @@ the refit need not be code 3 of the trained model), so labels from the two expor
 
 Both codebooks are scored on the run's held-out pairs as training scores them (``lam.train.Evaluator``;
 ``<run>/refit/codebook`` and ``<run>/refit/refit``), with one JSON line each (and the distortion:
-the mean squared distance of the fit vectors to their code); the refit model is written atomically
+the mean squared distance of the fit vectors to their code). The trained codebook's score is
+training's final evaluation (``<run>/quality_<total_steps>.json``), scored afresh only when that
+file is missing; the refit model is written atomically
 as an export (default ``<run>/export_refit``, with the run's data settings) for ``lam.label``.
 Data, seed and evaluation settings come from the run's ``config.json``. One process (vectors
 encoded on its devices, k-means on its host); for ``nsvq`` and ``vq_ema`` (FSQ has no codebook).
@@ -132,6 +134,7 @@ def refit(
     fit = sample_rows(train_pairs, pairs, rng)
     vectors = action_vectors(model, PairBatches(episodes), fit)
     evaluator = Evaluator(nnx.graphdef(model), episodes, holdout, probe, make_mesh(config.mesh), config, run)
+    final = run / f"quality_{config.total_steps:07d}.json"  # training's own score of this export
     rows = []
     for name in ("codebook", "refit"):
         if name == "refit":
@@ -141,7 +144,11 @@ def refit(
         _, params, rest = nnx.split(model, nnx.Param, ...)
         out_dir = run / "refit" / name
         out_dir.mkdir(parents=True, exist_ok=True)
-        report = evaluator.evaluate({"params": params, "rest": rest}, 0, out_dir)
+        if name == "codebook" and final.exists():
+            report = json.loads(final.read_text())
+            (out_dir / "quality.json").write_text(final.read_text())
+        else:
+            report = evaluator.evaluate({"params": params, "rest": rest}, 0, out_dir)
         codebook = np.asarray(model.quantizer.codebook[...])
         row = {"codebook": name, "fit_distortion": round(distortion(vectors, codebook), 4)}
         rows.append({**row, **quality_summary(report)})

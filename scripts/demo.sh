@@ -42,7 +42,7 @@ mkdir -p "$OUT/.stages"
 VLA_ARGS=(--config.model.vision_grid=8 --config.optimizer.learning_rate=3e-3)
 save_every() { echo $(( $1 < 500 ? $1 : 500 )); }   # checkpoints a killed full run resumes from
 
-STAGE="" RAN_ONE=0 SERVER=""
+STAGE="" RAN_ONE=0 SERVER="" DEMO_BEGAN=$SECONDS
 # once, from the main shell (not again from a failing $(...) or from the EXIT handler)
 trap '[ "$BASH_SUBSHELL" = 0 ] && echo "demo ($PRESET): stage \"$STAGE\" failed; fix it and rerun: finished stages are reused" >&2' ERR
 trap 'if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; fi' EXIT
@@ -61,12 +61,14 @@ stage() {
   echo "== $STAGE"
   FRESH=$RAN_ONE
   rm -f "$record"
+  local began=$SECONDS
   "$@"
   for o in "${outputs[@]}"; do
     [ -e "$o" ] || { echo "demo ($PRESET): stage \"$STAGE\" finished without writing $o" >&2; exit 1; }
   done
   printf '%s' "$SETTINGS" > "$record"
   RAN_ONE=1
+  echo "== $STAGE: done in $((SECONDS - began)) s (the demo so far: $((SECONDS - DEMO_BEGAN)) s)"
 }
 fresh() { if [ "$FRESH" = 1 ]; then rm -rf "$@"; fi; }   # a trainer's run dir: resumed unless upstream changed
 
@@ -92,7 +94,7 @@ lam() {
       --config.save_every="$(save_every "$LAM_STEPS")" --config.optimizer.learning_rate=2e-3 --config.run_dir="$OUT/lam"
   # NSVQ's codebook can sit far from the action vectors: k-means on them, scored beside the trained one
   rm -rf "$OUT/lam/refit" "$OUT/lam/export_refit"
-  $PY -m lam.refit --run "$OUT/lam" --restarts 4
+  $PY -m lam.refit --run "$OUT/lam" --pairs 2048 --restarts 4
 }
 labels() {
   rm -f "$OUT/latent.jsonl"

@@ -318,11 +318,12 @@ def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_pat
     recorded = json.loads((run / "config.json").read_text())
     recorded["data"]["path"] = str(tmp_path / "moved_away")
     (run / "config.json").write_text(json.dumps(recorded))
+    (run / f"quality_{config.total_steps:07d}.json").unlink()  # so the trained codebook is scored afresh
     refit_main(["--run", str(run), "--pairs", "128", "--out", str(out), "--data_path", config.data.path])
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [r["codebook"] for r in rows] == ["codebook", "refit"]
     assert rows[1]["fit_distortion"] < rows[0]["fit_distortion"]
-    # the trained codebook's row is the run's last evaluation (same held-out pairs, same probes)
+    # scored afresh, the trained codebook's row is the run's last evaluation (same pairs, same probes)
     final = json.loads((run / "quality.json").read_text())
     assert rows[0]["psnr_gain"] == pytest.approx(final["psnr_gain"], abs=1e-3)
     assert rows[0]["probe_linear_r2"] == pytest.approx(final["probe"]["linear_r2"], abs=1e-3)
@@ -333,6 +334,20 @@ def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_pat
     pairs = zip(before, after, strict=True)
     changed = [jax.tree_util.keystr(k) for (k, a), (_, b) in pairs if not np.array_equal(a, b)]
     assert changed == ["['quantizer']['codebook']"]
+
+
+def test_refit_takes_the_trained_codebooks_score_from_trainings_final_evaluation(trained, tmp_path, capsys):
+    config, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(config.run_dir, run)
+    final = run / f"quality_{config.total_steps:07d}.json"
+    marked = {**json.loads(final.read_text()), "psnr_gain": 123.0}  # a value no evaluation gives
+    final.write_text(json.dumps(marked))
+    refit_main(["--run", str(run), "--pairs", "64", "--restarts", "0"])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert rows[0]["codebook"] == "codebook" and rows[0]["psnr_gain"] == 123.0
+    assert rows[1]["psnr_gain"] != 123.0  # the refit codebook is evaluated
+    assert json.loads((run / "refit" / "codebook" / "quality.json").read_text()) == marked
 
 
 def test_refit_needs_a_run_with_a_codebook(tmp_path):
