@@ -3,7 +3,9 @@
 An export is a directory with ``lam_config.json`` (the model config), ``lam_state.msgpack``
 (every variable of the model, codebook included, as flax msgpack) and ``lam_data.json`` (the data
 settings it was trained with, which ``lam.label`` must reuse: its codes describe the change over
-H frames). It is written under a temporary name and renamed, so a directory that exists is complete.
+H frames), and ``lam_quality.json`` when its trainer scored it (the held-out report of
+``lam.train.Evaluator`` for these very weights). It is written under a temporary name and renamed,
+so a directory that exists is complete.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax import nnx, serialization
 from lam.model import LatentActionModel, get_lam_config
 
 CONFIG_FILE, STATE_FILE, DATA_FILE = "lam_config.json", "lam_state.msgpack", "lam_data.json"
+QUALITY_FILE = "lam_quality.json"
 # model options added after exports were first written: an export without one was trained
 # without it, i.e. with LAPA's setting (the lapa preset has every option beyond LAPA off)
 LATER_OPTIONS = ("match_brightness", "motion_kernel", "difference_embedding", "code_head")
@@ -39,9 +42,12 @@ def data_settings(config: ml_collections.ConfigDict) -> dict:
     }
 
 
-def save_lam(model: LatentActionModel, out: str | Path, data: dict | None = None) -> Path:
+def save_lam(
+    model: LatentActionModel, out: str | Path, data: dict | None = None, quality: dict | None = None
+) -> Path:
     """Writes the export ``out``; ``data`` (:func:`data_settings`) goes to ``lam_data.json``,
-    left out only where they are unknown (e.g. a converted LAPA ``.pt``)."""
+    left out only where they are unknown (e.g. a converted LAPA ``.pt``); ``quality``, the model's
+    held-out report, to ``lam_quality.json``."""
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -51,6 +57,8 @@ def save_lam(model: LatentActionModel, out: str | Path, data: dict | None = None
     (tmp / CONFIG_FILE).write_text(model.cfg.to_json(indent=2))
     if data is not None:
         (tmp / DATA_FILE).write_text(json.dumps(data, indent=2))
+    if quality is not None:
+        (tmp / QUALITY_FILE).write_text(json.dumps(quality, indent=2))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -64,6 +72,14 @@ def export_dir(path: str | Path) -> Path | None:
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     return None
+
+
+def load_quality(path: str | Path) -> dict | None:
+    """The held-out report an export (or a run directory's) carries; None where it has none."""
+    export = export_dir(path)
+    if export is None or not (export / QUALITY_FILE).is_file():
+        return None
+    return json.loads((export / QUALITY_FILE).read_text())
 
 
 def load_data_settings(path: str | Path) -> dict | None:

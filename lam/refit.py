@@ -12,10 +12,11 @@ the refit need not be code 3 of the trained model), so labels from the two expor
 
 Both codebooks are scored on the run's held-out pairs as training scores them (``lam.train.Evaluator``;
 ``<run>/refit/codebook`` and ``<run>/refit/refit``), with one JSON line each (and the distortion:
-the mean squared distance of the fit vectors to their code). The trained codebook's score is
-training's final evaluation (``<run>/quality_<total_steps>.json``), scored afresh only when that
-file is missing; the refit model is written atomically
-as an export (default ``<run>/export_refit``, with the run's data settings) for ``lam.label``.
+the mean squared distance of the fit vectors to their code). The trained codebook's score is the
+one its export carries (training's final evaluation, ``lam_quality.json``; then ``refit/codebook``
+holds only ``quality.json``), scored afresh only for an export without it. The refit model is
+written atomically as an export (default ``<run>/export_refit``, with the run's data settings and
+its score) for ``lam.label``.
 Data, seed and evaluation settings come from the run's ``config.json``. One process (vectors
 encoded on its devices, k-means on its host); for ``nsvq`` and ``vq_ema`` (FSQ has no codebook).
 """
@@ -33,7 +34,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from lam.checkpoint import data_settings, load_lam, save_lam
+from lam.checkpoint import data_settings, load_lam, load_quality, save_lam
 from lam.data import PairBatches
 from lam.model import LatentActionModel
 from lam.quantizers import nearest
@@ -134,25 +135,25 @@ def refit(
     fit = sample_rows(train_pairs, pairs, rng)
     vectors = action_vectors(model, PairBatches(episodes), fit)
     evaluator = Evaluator(nnx.graphdef(model), episodes, holdout, probe, make_mesh(config.mesh), config, run)
-    final = run / f"quality_{config.total_steps:07d}.json"  # training's own score of this export
+    trained = load_quality(run)  # the score training gave these weights, when the export has it
     rows = []
     for name in ("codebook", "refit"):
         if name == "refit":
             book = model.quantizer.codebook
             fitted = best_kmeans(vectors, np.asarray(book[...]), restarts, iterations, rng)
             book.set_value(jnp.asarray(fitted, book.dtype))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
         out_dir = run / "refit" / name
         out_dir.mkdir(parents=True, exist_ok=True)
-        if name == "codebook" and final.exists():
-            report = json.loads(final.read_text())
-            (out_dir / "quality.json").write_text(final.read_text())
+        if name == "codebook" and trained is not None:
+            report = trained
+            (out_dir / "quality.json").write_text(json.dumps(report, indent=2))
         else:
+            _, params, rest = nnx.split(model, nnx.Param, ...)
             report = evaluator.evaluate({"params": params, "rest": rest}, 0, out_dir)
         codebook = np.asarray(model.quantizer.codebook[...])
         row = {"codebook": name, "fit_distortion": round(distortion(vectors, codebook), 4)}
         rows.append({**row, **quality_summary(report)})
-    save_lam(model, out, data_settings(config))
+    save_lam(model, out, data_settings(config), report)
     return rows
 
 

@@ -320,7 +320,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, evaluator, start)
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, state["params"], state["rest"])
-        save_lam(model, run_dir / "export", data_settings(config))
+        final = json.loads((run_dir / f"quality_{config.total_steps:07d}.json").read_text())
+        save_lam(model, run_dir / "export", data_settings(config), final)  # with its final score
         print(f"exported {run_dir / 'export'}", flush=True)
     return last
 

@@ -318,7 +318,7 @@ def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_pat
     recorded = json.loads((run / "config.json").read_text())
     recorded["data"]["path"] = str(tmp_path / "moved_away")
     (run / "config.json").write_text(json.dumps(recorded))
-    (run / f"quality_{config.total_steps:07d}.json").unlink()  # so the trained codebook is scored afresh
+    (run / "export" / "lam_quality.json").unlink()  # so the trained codebook is scored afresh
     refit_main(["--run", str(run), "--pairs", "128", "--out", str(out), "--data_path", config.data.path])
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [r["codebook"] for r in rows] == ["codebook", "refit"]
@@ -336,18 +336,22 @@ def test_refit_moves_only_the_codes_and_scores_as_training_does(trained, tmp_pat
     assert changed == ["['quantizer']['codebook']"]
 
 
-def test_refit_takes_the_trained_codebooks_score_from_trainings_final_evaluation(trained, tmp_path, capsys):
+def test_refit_takes_the_trained_codebooks_score_from_its_export(trained, tmp_path, capsys):
     config, _ = trained
     run = tmp_path / "run"
     shutil.copytree(config.run_dir, run)
-    final = run / f"quality_{config.total_steps:07d}.json"
-    marked = {**json.loads(final.read_text()), "psnr_gain": 123.0}  # a value no evaluation gives
-    final.write_text(json.dumps(marked))
+    carried = run / "export" / "lam_quality.json"  # training's final evaluation, in the export
+    assert json.loads(carried.read_text()) == json.loads((run / "quality.json").read_text())
+    marked = {**json.loads(carried.read_text()), "psnr_gain": 123.0}  # a value no evaluation gives
+    carried.write_text(json.dumps(marked))
+    (run / f"quality_{config.total_steps:07d}.json").unlink()  # the export's copy is what counts
     refit_main(["--run", str(run), "--pairs", "64", "--restarts", "0"])
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert rows[0]["codebook"] == "codebook" and rows[0]["psnr_gain"] == 123.0
-    assert rows[1]["psnr_gain"] != 123.0  # the refit codebook is evaluated
     assert json.loads((run / "refit" / "codebook" / "quality.json").read_text()) == marked
+    refit_score = json.loads((run / "refit" / "refit" / "quality.json").read_text())
+    assert rows[1]["psnr_gain"] == pytest.approx(refit_score["psnr_gain"], abs=1e-3)  # evaluated
+    assert json.loads((run / "export_refit" / "lam_quality.json").read_text()) == refit_score
 
 
 def test_refit_needs_a_run_with_a_codebook(tmp_path):
