@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -54,9 +55,13 @@ def test_micro_demo_runs_every_stage_reuses_them_and_names_a_failing_one(tmp_pat
     out = tmp_path / "demo"
     first = _demo(out, "micro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert [line.split()[1].rstrip(":") for line in first.stdout.splitlines() if line.startswith("== ")][
-        :-1
-    ] == list(DEMO_STAGES)
+    lines = [line for line in first.stdout.splitlines() if line.startswith("== ")]
+    started = [line.split()[1] for line in lines if ": done in " not in line][:-1]  # last: "== done"
+    assert started == list(DEMO_STAGES)
+    timed = [re.fullmatch(r"== (\w+): done in (\d+) s \(the demo so far: (\d+) s\)", x) for x in lines]
+    assert [m[1] for m in timed if m] == list(DEMO_STAGES)  # each stage's wall time, after it ends
+    totals = [int(m[3]) for m in timed if m]
+    assert totals == sorted(totals) and all(int(m[2]) <= int(m[3]) for m in timed if m)
     results = json.loads((out / "results" / "results.json").read_text())
     assert set(results) == {"lam", "latent", "action", "closed_loop", "arms"}
     assert list(results["arms"]["arms"]) == ["scratch", "latent", "actions"]
