@@ -97,6 +97,7 @@ class Evaluator:
         run_dir: Path,
     ):
         self.graphdef, self.mesh, self.config, self.run_dir = graphdef, mesh, config, run_dir
+        self.last_report: dict | None = None
         self.chunk = max(mesh.size, (config.batch_size // mesh.size) * mesh.size)
         batches = PairBatches(episodes)
         holdout = batches.make_batch(holdout_pairs, config.model.image_size)
@@ -159,6 +160,7 @@ class Evaluator:
             report["probe"] = self._probe(np.concatenate(probe_codes), codes)
         if jax.process_index() == 0:
             self._save(report, codes, own, target, step, params, rest, out_dir or self.run_dir)
+        self.last_report = report  # the export's score, after the final evaluation
         return report
 
     def _probe(self, probe_codes: np.ndarray, holdout_codes: np.ndarray) -> dict:
@@ -320,8 +322,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     state, last = loop.run(settings, step_fn, state, data, mesh, checkpointer, logger, evaluator, start)
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, state["params"], state["rest"])
-        final = json.loads((run_dir / f"quality_{config.total_steps:07d}.json").read_text())
-        save_lam(model, run_dir / "export", data_settings(config), final)  # with its final score
+        save_lam(model, run_dir / "export", data_settings(config), evaluator.last_report)
         print(f"exported {run_dir / 'export'}", flush=True)
     return last
 
